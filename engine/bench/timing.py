@@ -128,6 +128,6 @@ def time_callable(fn: Callable[[], Any], *, n: int, warmup: int = 0,
 
 def check_counts(n: Any, warmup: Any) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n (timed iterations) must be an integer >= 1, got {n!r}")
+        raise InputError(f"n (timed iterations, --n) must be an integer >= 1, got {n!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-        raise InputError(f"warmup must be an integer >= 0, got {warmup!r}")
+        raise InputError(f"warmup (untimed iterations, --warmup) must be an integer >= 0, got {warmup!r}")

@@ -19,6 +19,7 @@ def _root() -> None:
 # Order = order in --help. Each module defines register(app).
 _COMMAND_MODULES = [
     "engine.cli.info",
+    "engine.cli.bench",
 ]
 
 
