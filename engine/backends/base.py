@@ -1,0 +1,143 @@
+"""The small interface every backend implements (Polygraphy's runner pattern).
+
+Public methods check state and arguments, then call the `*_impl` method a backend overrides:
+
+    activate()            load the model, allocate every buffer once, warm up
+    stage(x, spec, i)     write raw pixels x into batch slot i of the model input (backend-specific:
+                          the CPU backend runs the fused native kernel into the bound input array, the
+                          TensorRT backend copies raw pixels into pinned memory for the CUDA kernel)
+    infer(n)              run the first n slots; returns {output name: array view of n rows}
+    deactivate()          free everything; the backend can be activated again
+
+Backends are classes registered in `engine.backends` in priority order, CPU last. A class answers
+`availability()` (can it run on this machine, and why not) without importing its heavy library, and
+`supports(bundle)` (can it run this bundle, and why not) instead of failing later.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.errors import InputError, SessionClosed
+from engine.spec import PreprocessSpec
+
+STAGES = ("decode", "preprocess", "h2d", "infer", "d2h", "postprocess", "total")
+
+
+class Backend(abc.ABC):
+    """One model, one device, preallocated buffers for up to `max_batch` inputs."""
+
+    name: ClassVar[str] = "base"
+    # Stage timings this backend measures itself (ms); the session measures the rest around calls.
+    device_stages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, bundle, *, variant: str, device: int = 0, threads: int | None = None,
+                 max_batch: int = 1, options: dict[str, Any] | None = None):
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be None (all usable cores) or an integer >= 1, got {threads!r}")
+        self.bundle = bundle
+        self.variant = variant
+        self.device = device
+        self.threads = threads
+        self.max_batch = max_batch
+        self.options = dict(options or {})
+        self.info: dict[str, Any] = {}  # what was loaded and why; merged into Session.info
+        self.stage_ms: dict[str, float] = {}  # device-side stage timings of the last infer (ms)
+        self._active = False
+
+    # -- class-level queries (no heavy imports) -----------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(usable on this machine, human-readable status or the reason it is not)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def supports(cls, bundle, variant: str | None = None) -> tuple[bool, str]:
+        """(can run this bundle [variant], reason)."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def activate(self) -> "Backend":
+        if self._active:
+            return self
+        self.activate_impl()
+        self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        self.deactivate_impl()
+
+    # -- hot path --------------------------------------------------------------------------------
+    def stage(self, x: np.ndarray, spec: PreprocessSpec, index: int = 0, *, frame: int | None = None,
+              prepared: Any = None) -> None:
+        """Raw pixels -> model input slot `index` (no allocation)."""
+        if not self._active:
+            raise SessionClosed(f"{self.name} backend is not active (session closed?); load the bundle again")
+        if not 0 <= index < self.max_batch:
+            raise InputError(f"batch index {index} out of range for max_batch={self.max_batch}")
+        self.stage_impl(x, spec, index, frame, prepared)
+
+    def infer(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+        """Run slots [0, batch_size); returns output arrays owned by the backend (valid until next infer)."""
+        if not self._active:
+            raise SessionClosed(f"{self.name} backend is not active (session closed?); load the bundle again")
+        if not 1 <= batch_size <= self.max_batch:
+            raise InputError(f"batch size {batch_size} out of range [1, max_batch={self.max_batch}]; "
+                             f"load with a larger max_batch")
+        return self.infer_impl(batch_size)
+
+    def infer_tensors(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run already-preprocessed model inputs (for comparisons across backends; not the hot path)."""
+        if not self._active:
+            raise SessionClosed(f"{self.name} backend is not active (session closed?); load the bundle again")
+        expected = self.input_meta()
+        if set(feed) != set(expected):
+            raise InputError(f"inputs {sorted(feed)} do not match the model's {sorted(expected)}")
+        n = None
+        for name, (shape, dtype) in expected.items():
+            arr = np.asarray(feed[name])
+            if arr.dtype != dtype or arr.ndim != len(shape) or tuple(arr.shape[1:]) != tuple(shape[1:]):
+                raise InputError(f"input {name!r}: got {arr.dtype}{list(arr.shape)}, model wants "
+                                 f"{np.dtype(dtype)}{['N', *shape[1:]]}")
+            if n is not None and arr.shape[0] != n:
+                raise InputError("all inputs must have the same batch size")
+            n = arr.shape[0]
+        if not 1 <= n <= self.max_batch:
+            raise InputError(f"batch size {n} out of range [1, max_batch={self.max_batch}]")
+        return self.infer_tensors_impl(feed, n)
+
+    # -- for subclasses --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def deactivate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def stage_impl(self, x: np.ndarray, spec: PreprocessSpec, index: int, frame: int | None,
+                   prepared: Any) -> None: ...
+
+    @abc.abstractmethod
+    def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def infer_tensors_impl(self, feed: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{input name: ((max_batch, ...), dtype)}."""
+
+    def prepare_spec(self, spec: PreprocessSpec) -> Any:
+        """Per-spec object the backend's stage_impl can reuse (cached by the session)."""
+        return None

@@ -1,0 +1,244 @@
+"""ONNX Runtime CPU backend.
+
+Hot path per slice: the fused native kernel writes the model input straight into a preallocated
+array that an IOBinding has bound as the session input; `run_with_iobinding` writes the outputs into
+preallocated arrays. No tensor is allocated per call.
+
+Session options and why:
+  * providers = ["CPUExecutionProvider"], stated explicitly: never whatever ORT would pick.
+  * intra_op_num_threads = `threads` (default: usable cores); inter_op_num_threads = 1 with sequential
+    execution: these are small CNNs, one operator at a time saturates the cores.
+  * the bundle's ORT-optimized model (graph optimizations ALL, done at build time) is loaded with
+    optimizations disabled, so start-up skips the optimizer. It is used only when the ONNX Runtime
+    version and CPU features match the build machine, because ORT's layout optimizations (NCHWc
+    blocking) are specific to the CPU they ran on; otherwise the plain ONNX variant is loaded with
+    ORT_ENABLE_ALL and `info["model_why"]` says so.
+  * denormals flushed to zero (the CPU analogue of TensorRT's FTZ; avoids 100x slow-downs on
+    denormal activations).
+
+Thread model: one InferenceSession is shared by all buffer sets created with `fork()`; ONNX Runtime
+allows concurrent `run` calls on one session, and each fork has its own input/output arrays and
+bindings, so results do not depend on which thread ran them.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.backends.base import Backend
+from engine.errors import BackendUnavailable, BundleError, InputError
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+              "tensor(uint8)": np.uint8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def ort_version() -> str | None:
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def session_options(threads: int, *, optimized_model: bool):
+    """SessionOptions shared by the runtime and the bundle builder's verification."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized_model
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    so.log_severity_level = 3  # errors only: warnings go to stderr of an embedded device otherwise
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return so
+
+
+def usable_cpus() -> int:
+    from engine.envinfo import usable_cpus as _usable
+
+    return _usable()
+
+
+class OnnxRuntimeBackend(Backend):
+    name: ClassVar[str] = "onnxruntime"
+    provider: ClassVar[str] = "CPUExecutionProvider"
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return False, "onnxruntime is not installed (pip install onnxruntime)"
+        return True, f"{cls.provider} (onnxruntime {ort_version()})"
+
+    @classmethod
+    def supports(cls, bundle, variant: str | None = None, options: dict | None = None) -> tuple[bool, str]:
+        variants = bundle.variants
+        if variant is not None and variant not in variants:
+            return False, f"the bundle has no {variant} variant (it has {sorted(variants)})"
+        return True, "runs every ONNX variant on the CPU"
+
+    # -- model choice ----------------------------------------------------------------------------
+    def _choose_model(self) -> tuple[str, bool, str]:
+        """(member, is_optimized, why)."""
+        from engine.envinfo import cpu_flags
+
+        entry = self.bundle.variants[self.variant]
+        ort_meta = self.bundle.manifest.get("ort") or {}
+        member = entry.get("ort")
+        if self.options.get("use_optimized", True) is False:
+            return entry["onnx"], False, "optimized model disabled by the caller"
+        if not member:
+            return entry["onnx"], False, "the bundle has no ORT-optimized model for this variant (built for TensorRT)"
+        if ort_meta.get("version") != ort_version():
+            return entry["onnx"], False, (f"ORT-optimized model was made with onnxruntime {ort_meta.get('version')}, "
+                                          f"this is {ort_version()}: optimizing the ONNX model at load instead")
+        built_flags = ort_meta.get("cpu_flags")
+        if built_flags is not None and sorted(built_flags) != sorted(cpu_flags()):
+            return entry["onnx"], False, (f"ORT-optimized model was made on a CPU with {built_flags}, this CPU has "
+                                          f"{cpu_flags()}: optimizing the ONNX model at load instead")
+        return member, True, "ORT-optimized model (same onnxruntime version and CPU features as the build)"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        if self.provider not in ort.get_available_providers():
+            raise BackendUnavailable(f"onnxruntime has no {self.provider}; providers: {ort.get_available_providers()}")
+        threads = self.threads or usable_cpus()
+        member, optimized, why = self._choose_model()
+        so = session_options(threads, optimized_model=optimized)
+        try:
+            sess = ort.InferenceSession(self.bundle.read(member), so, providers=[self.provider])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            if not optimized:
+                raise BundleError(f"onnxruntime cannot load bundle member {member!r}: {exc}") from exc
+            why = f"ORT-optimized model failed to load here ({str(exc).splitlines()[0]}); using the ONNX model"
+            member, optimized = self.bundle.variants[self.variant]["onnx"], False
+            sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
+                                        providers=[self.provider])
+        self._sess = sess
+        self._run = sess.run_with_iobinding
+        self.info.update(provider=self.provider, providers=sess.get_providers(), intra_op_threads=threads,
+                         inter_op_threads=1, model=member, model_optimized=optimized, model_why=why,
+                         onnxruntime=ort_version())
+        self._describe_io()
+        self._allocate()
+        self._warm_up()
+
+    def _describe_io(self) -> None:
+        inputs = self._sess.get_inputs()
+        self._input_specs: dict[str, tuple[tuple[int, ...], Any]] = {}
+        for i in inputs:
+            dtype = _ORT_TYPES.get(i.type)
+            if dtype is None:
+                raise BundleError(f"model input {i.name!r} has type {i.type}, which SliceRT does not feed")
+            dims = list(i.shape)
+            if len(dims) == 0 or any(not isinstance(d, int) for d in dims[1:]):
+                raise BundleError(f"model input {i.name!r} has shape {dims}: only the batch axis may be dynamic")
+            if isinstance(dims[0], int) and dims[0] < self.max_batch:
+                raise InputError(f"model input {i.name!r} has a fixed batch of {dims[0]}; load with "
+                                 f"max_batch<={dims[0]} or export the model with a dynamic batch axis")
+            self._input_specs[i.name] = ((self.max_batch, *dims[1:]), np.dtype(dtype))
+        self._outputs_meta = []
+        for o in self._sess.get_outputs():
+            dtype = _ORT_TYPES.get(o.type)
+            if dtype is None:
+                raise BundleError(f"model output {o.name!r} has type {o.type}, which SliceRT does not read")
+            self._outputs_meta.append((o.name, list(o.shape), np.dtype(dtype)))
+
+    def _allocate(self) -> None:
+        self._inputs = {name: np.zeros(shape, dtype) for name, (shape, dtype) in self._input_specs.items()}
+        self._input = next(iter(self._inputs.values())) if len(self._inputs) == 1 else None
+        shapes = {}
+        unknown = [n for n, dims, _ in self._outputs_meta if any(not isinstance(d, int) for d in dims[1:])]
+        if unknown:
+            # Output shape has symbolic non-batch dims: one discovery run at batch 1 gives them.
+            probe = self._sess.run(unknown, {n: a[:1] for n, a in self._inputs.items()})
+            shapes.update({n: p.shape[1:] for n, p in zip(unknown, probe)})
+        self._outputs = {}
+        for name, dims, dtype in self._outputs_meta:
+            tail = tuple(shapes.get(name, dims[1:]))
+            self._outputs[name] = np.zeros((self.max_batch, *tail), dtype)
+        self._bindings: dict[int, Any] = {}
+        self._views: dict[int, dict[str, np.ndarray]] = {}
+
+    def _binding(self, n: int):
+        # One IOBinding per batch size, bound once to slices of the preallocated arrays.
+        binding = self._sess.io_binding()
+        for name, arr in self._inputs.items():
+            binding.bind_input(name, "cpu", 0, arr.dtype, [n, *arr.shape[1:]], arr.ctypes.data)
+        for name, arr in self._outputs.items():
+            binding.bind_output(name, "cpu", 0, arr.dtype, [n, *arr.shape[1:]], arr.ctypes.data)
+        self._bindings[n] = binding
+        self._views[n] = {name: arr[:n] for name, arr in self._outputs.items()}
+        return binding
+
+    def _warm_up(self) -> None:
+        for n in sorted({1, self.max_batch}):
+            binding = self._binding(n)
+            for _ in range(2):
+                self._run(binding)
+
+    def deactivate_impl(self) -> None:
+        self._bindings.clear()
+        self._views.clear()
+        self._inputs = {}
+        self._outputs = {}
+        self._input = None
+        if not getattr(self, "_forked", False):
+            self._sess = None
+        self._run = None
+
+    def fork(self) -> "OnnxRuntimeBackend":
+        """A second buffer set on the same InferenceSession (for another thread); allocated once."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k in ("bundle", "variant", "device", "threads", "max_batch", "options",
+                                       "_sess", "_run", "_input_specs", "_outputs_meta", "_prep")})
+        twin.info = self.info
+        twin.stage_ms = {}
+        twin._forked = True
+        twin._allocate()
+        twin._warm_up()
+        twin._active = True
+        return twin
+
+    # -- hot path --------------------------------------------------------------------------------
+    def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return dict(self._input_specs)
+
+    @property
+    def input_array(self) -> np.ndarray:
+        """The bound (max_batch, ...) input array preprocessing writes into."""
+        return self._input
+
+    def prepare_spec(self, spec):
+        from engine import preprocess
+
+        return preprocess.prepare(spec) if hasattr(preprocess, "prepare") else None
+
+    def stage_impl(self, x, spec, index, frame, prepared) -> None:
+        from engine.preprocess import preprocess_into
+
+        if self._input is None:
+            raise BundleError("this model has several inputs; stage() feeds single-input models only")
+        if prepared is not None:
+            preprocess_into(self._input, x, prepared, index, frame=frame)
+        else:
+            preprocess_into(self._input, x, spec, index, frame=frame)
+
+    def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]:
+        binding = self._bindings.get(batch_size) or self._binding(batch_size)
+        self._run(binding)
+        return self._views[batch_size]
+
+    def infer_tensors_impl(self, feed, batch_size: int) -> dict[str, np.ndarray]:
+        for name, arr in feed.items():
+            self._inputs[name][:batch_size] = arr
+        out = self.infer_impl(batch_size)
+        return {k: v.copy() for k, v in out.items()}

@@ -1,0 +1,175 @@
+"""Find what `slicert build` packs: ONNX variants, the model.json sidecar and the accuracy report.
+
+Accepted sources (TEAM contracts 5 and 6):
+  * a model file `model.onnx` (or `model.<variant>.onnx`) with `model.json` next to it, or `--meta`;
+  * a toolchain export folder: `model.onnx` + `model.json`;
+  * a quantizer output folder: `model.fp16.onnx`, `model.int8.onnx`, `model.mixed.onnx`,
+    `accuracy_report.json` (+ `model.onnx`/`model.json` there, or found through the report or `--meta`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.bundle import format as fmt
+from engine.errors import InputError
+from engine.spec import PreprocessSpec
+
+_VARIANT_FILES = {"fp32": ("model.fp32.onnx", "model.onnx"), "fp16": ("model.fp16.onnx",),
+                  "int8": ("model.int8.onnx",), "mixed": ("model.mixed.onnx",)}
+_REPORT_NAMES = ("accuracy_report.json",)
+# Keys under which a quantizer report may point back at the export it started from.
+_REPORT_EXPORT_KEYS = ("export_dir", "source_dir", "source", "model_dir")
+
+
+@dataclass
+class ModelSource:
+    """Resolved inputs of one bundle build."""
+
+    onnx: dict[str, Path]  # variant -> ONNX file
+    meta: dict[str, Any]  # the model.json sidecar
+    meta_path: Path | None
+    accuracy_report: dict[str, Any] | None = None
+    accuracy_report_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.meta["preprocess"])
+
+
+def _load_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def validate_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check the model.json fields the bundle needs (contract 5); raises InputError naming the field."""
+    for key, typ in (("name", str), ("task", str), ("labels", list), ("preprocess", dict)):
+        if key not in meta:
+            raise InputError(f"{where}: missing field {key!r} (model.json contract: name, task, labels, preprocess, "
+                             f"voi_policy)")
+        if not isinstance(meta[key], typ):
+            raise InputError(f"{where}: field {key!r} must be a {typ.__name__}")
+    if meta["task"] not in fmt.TASKS:
+        raise InputError(f"{where}: task must be one of {fmt.TASKS}, got {meta['task']!r}")
+    if not meta["labels"] or not all(isinstance(x, str) and x for x in meta["labels"]):
+        raise InputError(f"{where}: labels must be a non-empty list of non-empty strings")
+    if len(set(meta["labels"])) != len(meta["labels"]):
+        raise InputError(f"{where}: labels must be unique, got {meta['labels']}")
+    voi = meta.setdefault("voi_policy", "dicom")
+    if voi not in fmt.VOI_POLICIES:
+        raise InputError(f"{where}: voi_policy must be one of {fmt.VOI_POLICIES}, got {voi!r}")
+    try:
+        PreprocessSpec.from_dict(meta["preprocess"])
+    except InputError as exc:
+        raise InputError(f"{where}: field 'preprocess': {exc}") from exc
+    return meta
+
+
+def _variants_in(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for variant, names in _VARIANT_FILES.items():
+        for name in names:
+            if (folder / name).is_file():
+                found[variant] = folder / name
+                break
+    return found
+
+
+def _export_dir_from_report(report: dict[str, Any], base: Path) -> Path | None:
+    for key in _REPORT_EXPORT_KEYS:
+        value = report.get(key)
+        if isinstance(value, str):
+            p = Path(value)
+            p = p if p.is_absolute() else base / p
+            if p.is_file():
+                p = p.parent
+            if (p / "model.json").is_file():
+                return p
+    return None
+
+
+def resolve_source(source: "str | Path", meta: "str | Path | None" = None) -> ModelSource:
+    """Turn a model file or folder into the variants, metadata and report to bundle."""
+    src = Path(source)
+    notes: list[str] = []
+    report: dict[str, Any] | None = None
+    report_path: Path | None = None
+    if src.is_file():
+        if src.suffix != ".onnx":
+            raise InputError(f"{src}: expected an .onnx model or a toolchain/quantizer output folder")
+        variant = next((v for v, names in _VARIANT_FILES.items() if src.name in names), "fp32")
+        onnx = {variant: src}
+        folder = src.parent
+        candidates = [folder / "model.json", src.with_suffix(".json")]
+    elif src.is_dir():
+        folder = src
+        onnx = _variants_in(folder)
+        for name in _REPORT_NAMES:
+            if (folder / name).is_file():
+                report_path = folder / name
+                report = _load_json(report_path, "accuracy report")
+        candidates = [folder / "model.json"]
+        if report is not None:
+            export = _export_dir_from_report(report, folder)
+            if export is not None:
+                candidates.append(export / "model.json")
+        candidates.append(folder.parent / "model.json")
+    else:
+        raise InputError(f"{src} does not exist (give model.onnx, an export folder or a quantize folder)")
+
+    if meta is not None:
+        meta_path: Path | None = Path(meta)
+        if not meta_path.is_file():
+            raise InputError(f"--meta {meta_path} does not exist")
+    else:
+        meta_path = next((c for c in candidates if c.is_file()), None)
+        if meta_path is None:
+            raise InputError(f"no model.json found for {src} (looked at {', '.join(str(c) for c in candidates)}); "
+                             f"pass --meta PATH (the sidecar `slicert export` writes: name, task, labels, "
+                             f"preprocess, voi_policy)")
+    meta_dict = validate_meta(_load_json(meta_path, "model.json"), str(meta_path))
+
+    if "fp32" not in onnx and meta_path.parent != folder:
+        # A quantizer folder may hold only the reduced-precision models; the FP32 reference is in the export.
+        fp32 = _variants_in(meta_path.parent).get("fp32")
+        if fp32 is not None:
+            onnx["fp32"] = fp32
+            notes.append(f"FP32 model taken from {fp32}")
+    if not onnx:
+        raise InputError(f"no ONNX model in {src} (expected one of "
+                         f"{sorted({n for names in _VARIANT_FILES.values() for n in names})})")
+    return ModelSource(onnx=onnx, meta=meta_dict, meta_path=meta_path, accuracy_report=report,
+                       accuracy_report_path=report_path, notes=notes)
+
+
+def gate_status(report: dict[str, Any] | None, variant: str) -> tuple[bool | None, str]:
+    """(passed, detail) of a variant's accuracy gate in the quantizer's report; None when not stated.
+
+    FP32 is the reference and always passes. The report format is the quantizer's (contract 6); the
+    fields looked at are documented there: variants.<name>.passed (bool), .accepted_loss (bool),
+    .reason (str).
+    """
+    if variant == "fp32":
+        return True, "reference model"
+    if report is None:
+        return None, "no accuracy report given"
+    entry = report.get("variants", {}).get(variant) if isinstance(report.get("variants"), dict) else None
+    if not isinstance(entry, dict):
+        return None, f"accuracy report has no entry for {variant}"
+    passed = entry.get("passed", entry.get("gate_passed"))
+    if isinstance(passed, bool):
+        accepted = bool(entry.get("accepted_loss", False))
+        reason = str(entry.get("reason", ""))
+        if not passed and accepted:
+            return True, f"outside budget, loss accepted by the user ({reason})".rstrip(" ()")
+        return passed, reason or ("within budget" if passed else "outside budget")
+    return None, f"accuracy report entry for {variant} states no pass/fail"
