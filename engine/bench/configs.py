@@ -116,11 +116,13 @@ def parse_input(text: str, *, in_channels: int = 1) -> tuple[Any, dict[str, Any]
 class SessionConfig:
     """`engine.load(bundle, **load_kwargs)` then `Session.run(input)` per step; stages from Result.timings_ms."""
 
-    def __init__(self, name: str, bundle: Path, input: Any, *, load_kwargs: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None):
+    def __init__(self, name: str, bundle: Path, input: Any = None, *, inputs: Any = None,
+                 load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None):
+        from engine.bench.runner import InputCycle
+
         self.name = name
         self.bundle = Path(bundle)
-        self.input = input
+        self._inputs = InputCycle(input, inputs)
         self.load_kwargs = dict(load_kwargs or {})
         self.items_per_call = 1
         self.meta: dict[str, Any] = {"bundle": self.bundle.name, "load_kwargs": self.load_kwargs, **(meta or {})}
@@ -137,7 +139,7 @@ class SessionConfig:
                                                                                         type(None), list))}
 
     def step(self) -> dict[str, int]:
-        r = self.session.run(self.input)
+        r = self.session.run(self._inputs.next())
         self.last_result = r
         # The session's own "total" is dropped: the runner's wall clock around run() is the total, and
         # "other" then shows what Session.run costs beyond its stages.

@@ -52,21 +52,43 @@ class Configuration(Protocol):
     def close(self) -> None: ...
 
 
+class InputCycle:
+    """One fixed input, or a sequence handed out in order and cycled."""
+
+    def __init__(self, input: Any = None, inputs: Sequence[Any] | None = None):
+        if inputs is not None:
+            if input is not None:
+                raise InputError("give either input or inputs, not both")
+            inputs = list(inputs)
+            if not inputs:
+                raise InputError("inputs must not be empty")
+        self._fixed, self._seq, self._i = input, inputs, 0
+
+    def next(self) -> Any:
+        if self._seq is None:
+            return self._fixed
+        x = self._seq[self._i]
+        self._i = (self._i + 1) % len(self._seq)
+        return x
+
+
 class Pipeline:
     """A configuration made of named stages chained output -> input.
 
     `build()` loads whatever the stages need (a model, a session) and returns
-    `[(stage_name, fn), ...]`; it is timed as part of cold start. Each call feeds `input` to the
-    first stage and every stage's output to the next; each stage is timed with perf_counter_ns.
+    `[(stage_name, fn), ...]`; it is timed as part of cold start. Each call feeds `input` (or the
+    next element of `inputs`, cycling, e.g. the frames of a cine) to the first stage and every
+    stage's output to the next; each stage is timed with perf_counter_ns.
     """
 
     def __init__(self, name: str, build: Callable[[], Sequence[tuple[str, Callable[[Any], Any]]]], *,
-                 input: Any = None, items_per_call: int = 1, meta: Mapping[str, Any] | None = None,
-                 close: Callable[[], None] | None = None):
+                 input: Any = None, inputs: Sequence[Any] | None = None, items_per_call: int = 1,
+                 meta: Mapping[str, Any] | None = None, close: Callable[[], None] | None = None):
         self.name = name
         self.meta = dict(meta or {})
         self.items_per_call = items_per_call
         self.input = input
+        self._inputs = InputCycle(input, inputs)
         self._build = build
         self._close = close
         self._stages: list[tuple[str, Callable[[Any], Any]]] | None = None
@@ -84,7 +106,7 @@ class Pipeline:
         if self._stages is None:
             raise InputError(f"configuration {self.name!r}: step() before load()")
         clock = time.perf_counter_ns
-        x = self.input
+        x = self._inputs.next()
         out: dict[str, int] = {}
         for stage, fn in self._stages:
             t0 = clock()

@@ -197,3 +197,14 @@ def test_comparisons_reference_and_paired_ratio(rng):
     assert run.comparisons("fast")[0]["speedup_p50"] == pytest.approx(0.25, rel=1e-6)
     with pytest.raises(InputError, match="no configuration"):
         run.comparisons("nope")
+
+
+def test_pipeline_cycles_inputs_in_order():
+    seen = []
+    p = Pipeline("cine", lambda: [("infer", seen.append)], inputs=["f0", "f1", "f2"])
+    run_benchmark([p], n=4, warmup=1, environment=ENV)
+    assert seen == ["f0", "f1", "f2", "f0", "f1", "f2"]  # first call, 1 warm-up, 4 timed
+    with pytest.raises(InputError):
+        Pipeline("x", lambda: [], input=1, inputs=[2])
+    with pytest.raises(InputError):
+        Pipeline("x", lambda: [], inputs=[])

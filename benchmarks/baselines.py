@@ -1,0 +1,254 @@
+"""The pipelines a device maker would otherwise write, next to SliceRT, as benchmark configurations.
+
+(1) FP32 teacher, PyTorch eager, user preprocessing;
+(2) FP32 teacher exported to ONNX, ONNX Runtime, the same user preprocessing;
+(3) FP32 student, ONNX Runtime, the same user preprocessing;
+(4) SliceRT: the INT8 / mixed student bundle via `engine.load` + `Session.run` (fused native preprocessing).
+
+"User preprocessing" is what the pydicom docs and a typical notebook do: `pydicom.dcmread` +
+`pixel_array`, `apply_modality_lut`, `apply_voi_lut` (float64), NumPy inversion for MONOCHROME1,
+`cv2.resize(INTER_AREA)`, NumPy normalization. User post-processing: NumPy softmax (classification);
+argmax, `cv2.resize(INTER_NEAREST)` back to the source geometry and per-class areas from Pixel Spacing
+(segmentation). Each baseline's model input is checked against engine.preprocess on the same pixels
+(`input_agreement`), so a faster number never comes from skipping work.
+
+All configurations get the same thread budget (`threads`, default all usable cores) for every library.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.bench.configs import SessionConfig
+from engine.bench.runner import Pipeline
+from engine.spec import PreprocessSpec
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+@dataclass
+class InputSet:
+    """What one benchmark call consumes.
+
+    kind "dicom_file": a path decoded on every call (decode is part of end to end);
+    kind "frames": pre-decoded frames of a cine (a scanner hands frames over in memory), cycled;
+    kind "raw": raw integer images (simulated data from the toolchain), cycled.
+    `spec_for(model_spec)` gives the PreprocessSpec SliceRT applies to these inputs (for the
+    agreement check); `user_params` the values the user code reads from DICOM or the spec.
+    """
+
+    name: str
+    kind: str
+    items: list[Any]
+    description: str
+    real: bool
+    pixel_spacing_mm: tuple[float, float] | None = None
+
+
+def cr_file(path: str | Path) -> InputSet:
+    return InputSet("chest CR (RG1_UNCR.dcm, real)", "dicom_file", [str(path)],
+                    f"real chest CR {Path(path).name} from pydicom-data, decoded from file on every call", True)
+
+
+def cine_frames(path: str | Path, max_frames: int | None = None) -> InputSet:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    frames = ds.pixel_array  # (F, H, W, 3) RGB for the deid-data cine
+    if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] == 3 and int(ds.get("NumberOfFrames", 1)) == 1):
+        frames = frames[None]
+    if max_frames:
+        frames = frames[:max_frames]
+    return InputSet("ultrasound cine (real)", "frames", [np.ascontiguousarray(f) for f in frames],
+                    f"real ultrasound cine {Path(path).name}: {len(frames)} frames {frames.shape[1:]} "
+                    f"{ds.PhotometricInterpretation}, pre-decoded (frames arrive in memory)", True,
+                    pixel_spacing_mm=None)
+
+
+def raw_images(name: str, images: Sequence[np.ndarray], description: str) -> InputSet:
+    return InputSet(name, "raw", [np.ascontiguousarray(a) for a in images], description, False)
+
+
+# -- user preprocessing --------------------------------------------------------------------------------
+def user_decode(path: str) -> tuple[Any, np.ndarray]:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    return ds, ds.pixel_array
+
+
+def user_preprocess_dicom(ds: Any, arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The notebook way: pydicom LUTs in float64, invert, INTER_AREA resize, normalize -> (1,C,H,W) float32."""
+    import cv2
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    x = apply_modality_lut(arr, ds)
+    x = apply_voi_lut(x, ds)
+    # apply_voi_lut maps a window to [0, 2^BitsStored - 1]; bring it to the spec's VOI output range.
+    top = float(2 ** int(ds.BitsStored) - 1)
+    if "WindowCenter" not in ds and "VOILUTSequence" not in ds:
+        # No VOI in the file: the full range of the modality output (as the spec does for voi_policy "dicom").
+        lo, hi = float(np.min(x)), float(np.max(x))
+        x = (x - lo) / max(hi - lo, 1e-12)
+    else:
+        x = x / top
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        x = 1.0 - x
+    x = spec.output_min + x * (spec.output_max - spec.output_min)
+    return _finish(x, spec)
+
+
+def user_preprocess_raw(arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Raw pixels + the model's spec written out in NumPy/OpenCV (rescale, linear window, invert, resize)."""
+    import cv2
+
+    x = arr
+    if x.ndim == 3 and x.shape[-1] == 3:
+        x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)  # BT.601 luma, as the spec's 3 -> 1 conversion
+    x = x.astype(np.float64) * spec.rescale_slope + spec.rescale_intercept
+    if spec.voi_function in ("linear", "linear_exact"):
+        c, w = spec.window_center, spec.window_width
+        if spec.voi_function == "linear":  # PS3.3 C.11.2.1.2.1
+            x = np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+        else:
+            x = np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / max(hi - lo, 1e-12)
+    if spec.invert:
+        x = 1.0 - x
+    x = spec.output_min + x * (spec.output_max - spec.output_min)
+    return _finish(x, spec)
+
+
+def _finish(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    import cv2
+
+    x = cv2.resize(x.astype(np.float32), (spec.out_width, spec.out_height), interpolation=cv2.INTER_AREA)
+    if spec.normalize == "fixed":
+        x = (x - np.float32(spec.mean[0])) / np.float32(spec.std[0])
+    elif spec.normalize == "zscore":
+        x = (x - x.mean()) / max(float(x.std()), 1e-6)
+    elif spec.normalize == "minmax":
+        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6)
+    x = x[None, None].astype(np.float32)
+    if spec.out_channels == 3:
+        x = np.repeat(x, 3, axis=1)
+    return x
+
+
+def user_frame_to_grey(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    return user_preprocess_raw(frame, spec)
+
+
+# -- user post-processing ------------------------------------------------------------------------------
+def user_postprocess(task: str, out: np.ndarray, src_hw: tuple[int, int],
+                     pixel_spacing_mm: tuple[float, float] | None) -> Any:
+    import cv2
+
+    if task == "classification":
+        s = out[0].astype(np.float64)
+        e = np.exp(s - s.max())
+        p = e / e.sum()
+        return int(p.argmax()), p
+    mask = out[0].argmax(axis=0).astype(np.uint8)
+    mask = cv2.resize(mask, (src_hw[1], src_hw[0]), interpolation=cv2.INTER_NEAREST)
+    counts = np.bincount(mask.ravel(), minlength=out.shape[1])
+    area = (pixel_spacing_mm[0] * pixel_spacing_mm[1]) if pixel_spacing_mm else 1.0
+    return mask, counts * area
+
+
+# -- configurations ----------------------------------------------------------------------------------
+def _user_stages(inputs: InputSet, spec: PreprocessSpec, task: str,
+                 infer: Callable[[np.ndarray], np.ndarray]) -> list[tuple[str, Callable[[Any], Any]]]:
+    stages: list[tuple[str, Callable[[Any], Any]]] = []
+    if inputs.kind == "dicom_file":
+        stages.append(("decode", user_decode))
+        stages.append(("preprocess", lambda d: (d[1].shape[:2], user_preprocess_dicom(d[0], d[1], spec))))
+    else:
+        stages.append(("preprocess", lambda a: (a.shape[:2], user_preprocess_raw(a, spec))))
+    stages.append(("infer", lambda st: (st[0], infer(st[1]))))
+    stages.append(("postprocess", lambda st: user_postprocess(task, st[1], st[0], inputs.pixel_spacing_mm)))
+    return stages
+
+
+def _cycle(inputs: InputSet) -> dict[str, Any]:
+    if len(inputs.items) == 1:
+        return {"input": inputs.items[0]}
+    return {"inputs": inputs.items}
+
+
+def torch_eager(name: str, load_module: Callable[[], Any], inputs: InputSet, spec: PreprocessSpec, task: str, *,
+                threads: int, meta: dict[str, Any] | None = None) -> Pipeline:
+    """(1) `load_module()` returns an eval-mode torch.nn.Module (FP32) taking (N,C,H,W)."""
+
+    def build():
+        import torch
+
+        torch.set_num_threads(threads)
+        model = load_module().eval()
+
+        def infer(t: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(t)).numpy()
+
+        return _user_stages(inputs, spec, task, infer)
+
+    return Pipeline(name, build, meta={"baseline": "pytorch-eager-fp32", "input": inputs.description,
+                                       "threads": threads, **(meta or {})}, **_cycle(inputs))
+
+
+def ort_session(onnx_path: str | Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_user(name: str, onnx_path: str | Path, inputs: InputSet, spec: PreprocessSpec, task: str, *,
+                     threads: int, meta: dict[str, Any] | None = None) -> Pipeline:
+    """(2)/(3) ONNX Runtime CPU, all graph optimizations on, same user pre/post-processing."""
+
+    def build():
+        sess = ort_session(onnx_path, threads)
+        in_name = sess.get_inputs()[0].name
+        out_name = sess.get_outputs()[0].name
+        return _user_stages(inputs, spec, task, lambda t: sess.run([out_name], {in_name: t})[0])
+
+    return Pipeline(name, build, meta={"baseline": "onnxruntime-fp32-user-preprocessing", "onnx": str(onnx_path),
+                                       "input": inputs.description, "threads": threads, **(meta or {})},
+                    **_cycle(inputs))
+
+
+def slicert(name: str, bundle: str | Path, inputs: InputSet, *, threads: int,
+            load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> SessionConfig:
+    """(4) SliceRT: engine.load + Session.run on the DICOM path / engine.dicom frames / raw array."""
+    items = inputs.items
+    if inputs.kind == "frames":
+        items = list(inputs.items)  # raw frames; the Session applies the bundle's spec
+    kw = {"threads": threads, **(load_kwargs or {})}
+    return SessionConfig(name, Path(bundle), load_kwargs=kw,
+                         meta={"input": inputs.description, **(meta or {})}, **_cycle(
+                             InputSet(inputs.name, inputs.kind, items, inputs.description, inputs.real)))
+
+
+def input_agreement(inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: PreprocessSpec) -> dict[str, float]:
+    """Max |user - engine.preprocess| on the first input, and the value range, to prove both do the same work."""
+    from engine.preprocess import preprocess
+
+    item = inputs.items[0]
+    if inputs.kind == "dicom_file":
+        ds, arr = user_decode(item)
+        user = user_preprocess_dicom(ds, arr, spec_user)
+        ours = preprocess(arr, spec_slicert)
+    else:
+        user = user_preprocess_raw(item, spec_user)
+        ours = preprocess(item, spec_slicert)
+    ours = np.asarray(ours, dtype=np.float32).reshape(user.shape)
+    return {"max_abs_diff": float(np.max(np.abs(user - ours))), "range": float(user.max() - user.min())}
