@@ -1,0 +1,127 @@
+"""Turn a path, bytes, file-like object or pydicom Dataset into a parsed Dataset, refusing non-DICOM
+and truncated input with a DicomError that names the source.
+
+pydicom is lenient by design: it reads a truncated file without complaint (the last element just
+comes back short, or an encapsulated Pixel Data element silently disappears) and, with force=True,
+"parses" any byte string. SliceRT must refuse those inputs instead of producing a wrong image, so
+the checks here look at what pydicom read, not only whether it raised.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Any
+
+from engine.dicom.problems import fail
+from engine.errors import DicomError, InputError
+
+# Tags a raw (no preamble, no File Meta) data set starts with in practice: group 0x0008 (Identifying)
+# or, rarely, a stray File Meta group 0x0002. Seeing one of these lets us retry with force=True without
+# accepting arbitrary bytes as DICOM.
+_RAW_STARTS = (b"\x08\x00", b"\x00\x08", b"\x02\x00", b"\x00\x02")
+
+
+def describe(src: Any) -> str:
+    """A short, human-readable name for an input, used in every error message."""
+    from pydicom.dataset import Dataset
+
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Dataset):
+        name = getattr(src, "filename", None)
+        return name if isinstance(name, str) and name else "<pydicom Dataset>"
+    name = getattr(src, "name", None)
+    return name if isinstance(name, str) and name else f"<{type(src).__name__}>"
+
+
+def load(src: Any) -> tuple[Any, str, list[str]]:
+    """Return (dataset, source name, warnings pydicom emitted while parsing).
+
+    A Dataset is used as is (never modified). Paths, bytes and file-like objects are parsed with
+    pydicom.dcmread; OSError from opening a path propagates unchanged.
+    """
+    from pydicom.dataset import Dataset
+
+    name = describe(src)
+    if isinstance(src, Dataset):
+        _check_not_truncated(src, name)
+        return src, name, []
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        fp: Any = io.BytesIO(bytes(src))
+        return _parse(fp, name)
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb") as fp:
+            return _parse(fp, name)
+    if hasattr(src, "read") and hasattr(src, "seek"):
+        return _parse(src, name)
+    raise InputError(f"engine.dicom.read: expected a path, bytes, a binary file-like object or a "
+                     f"pydicom Dataset, got {type(src).__name__}")
+
+
+def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    start = fp.tell()
+    head = fp.read(132)
+    fp.seek(start)
+    if not head:
+        raise fail(name, "PixelData", "empty input: not a DICOM file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            try:
+                ds = pydicom.dcmread(fp)
+            except InvalidDicomError:
+                # PS3.10 7.1: a DICOM file starts with a 128-byte preamble and 'DICM'. Some older
+                # writers omit both; accept those only if the bytes start like a real data set.
+                if head[:2] not in _RAW_STARTS:
+                    raise DicomError(f"{name}: not a DICOM file: no 'DICM' prefix at byte 128 "
+                                     f"(PS3.10 7.1) and the data does not start with a DICOM element") from None
+                fp.seek(start)
+                ds = pydicom.dcmread(fp, force=True)
+        except DicomError:
+            raise
+        except Exception as exc:  # pydicom raises many types for malformed input; report them all as DICOM
+            raise DicomError(f"{name}: cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
+    messages = [str(w.message) for w in caught]
+    for msg in messages:
+        # pydicom drops an undefined-length element (encapsulated Pixel Data) that hits end-of-file.
+        if "End of file reached before delimiter" in msg:
+            raise fail(name, "PixelData", f"file is truncated: {msg}")
+    _check_not_truncated(ds, name)
+    return ds, name, messages
+
+
+def _check_not_truncated(ds: Any, name: str) -> None:
+    """pydicom keeps reading when the file ends inside an element value: the value comes back shorter
+    than its declared length. Only the last element read can be affected, so check that one (and,
+    if it is a sequence, the last element of its last item)."""
+    from pydicom.dataelem import RawDataElement
+
+    current = ds
+    while current is not None and len(current._dict):
+        last_tag = max(current._dict)
+        elem = current._dict[last_tag]
+        if isinstance(elem, RawDataElement):
+            declared = elem.length
+            actual = 0 if elem.value is None else len(elem.value)
+            if declared != 0xFFFFFFFF and elem.value is not None and actual < declared:
+                keyword = _keyword(last_tag)
+                raise fail(name, keyword, f"file is truncated: element declares {declared} bytes, "
+                                          f"only {actual} present")
+            return
+        value = elem.value
+        if elem.VR == "SQ" and value:
+            current = value[-1]
+        else:
+            return
+
+
+def _keyword(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
