@@ -4,4 +4,5 @@
 
 namespace slicert {
 void bind_cuda_info(pybind11::module_& m);
+void bind_preprocess(pybind11::module_& m);
 }  // namespace slicert

@@ -44,4 +44,5 @@ PYBIND11_MODULE(_native, m) {
   register_exception_translation();
   m.attr("__version__") = SLICERT_VERSION;
   slicert::bind_cuda_info(m);
+  slicert::bind_preprocess(m);
 }

@@ -1,0 +1,461 @@
+// CPU implementation of the fused preprocessing kernel: raw stored pixels -> model input tensor in
+// one pass over the source. The per-pixel math and the resampling taps come from
+// kernels/preprocess_math.cuh, the same header the CUDA kernel compiles.
+//
+// Strategy (measured on a 2048^2 uint16 -> 256^2 area downscale): for 8/16-bit integer input the
+// whole modality + VOI + inversion chain is one folded table lookup (PreparedSpec::folded_lut), and
+// area downscaling accumulates source rows vertically into one float row per output row before a
+// short horizontal pass, so every source pixel is read exactly once. Output rows are split over
+// the persistent thread pool; the GIL is released for the whole computation.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "errors.hpp"
+#include "preprocess_math.cuh"
+#include "prepared_spec.hpp"
+#include "preprocess_cpu.hpp"
+#include "thread_pool.hpp"
+
+namespace py = pybind11;
+
+namespace slicert {
+namespace {
+
+template <typename T>
+inline T load(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <int DT> struct Storage;
+template <> struct Storage<pm::IN_U8> { using type = uint8_t; };
+template <> struct Storage<pm::IN_U16> { using type = uint16_t; };
+template <> struct Storage<pm::IN_I16> { using type = int16_t; };
+template <> struct Storage<pm::IN_I32> { using type = int32_t; };
+template <> struct Storage<pm::IN_F32> { using type = float; };
+
+constexpr bool is_lut_dtype(int dt) { return dt == pm::IN_U8 || dt == pm::IN_U16 || dt == pm::IN_I16; }
+
+// Everything the inner loops need for one call.
+struct PixelSource {
+  SourceImage img;         // already offset to the ROI origin, h/w = ROI size
+  const float* lut;        // 8/16-bit dtypes: folded table (equalization folded in for grey input)
+  pm::PixelParams pp;      // int32/float32: evaluated per pixel
+  const float* eq_table;   // equalization applied to the working value when it is not folded
+  float lo, hi;            // output range (equalization bins)
+};
+
+template <int DT>
+inline float sample(const PixelSource& s, const char* p) {
+  using T = typename Storage<DT>::type;
+  if constexpr (DT == pm::IN_I16) {
+    return s.lut[static_cast<int>(load<T>(p)) + 32768];
+  } else if constexpr (is_lut_dtype(DT)) {
+    return s.lut[load<T>(p)];
+  } else {
+    return pm::pixel_value(static_cast<float>(load<T>(p)), s.pp);
+  }
+}
+
+inline float apply_eq(const PixelSource& s, float v) {
+  return s.eq_table ? s.eq_table[pm::equalize_bin(v, s.lo, s.hi)] : v;
+}
+
+// Working values of one source pixel: CW = 1 (grey, or RGB -> BT.601 luma) or 3 (RGB kept).
+template <int DT, int CIN, int CW>
+inline void fetch(const PixelSource& s, const char* p, float* v) {
+  if constexpr (CIN == 1) {
+    v[0] = apply_eq(s, sample<DT>(s, p));
+  } else {
+    const float r = sample<DT>(s, p), g = sample<DT>(s, p + s.img.sc), b = sample<DT>(s, p + 2 * s.img.sc);
+    if constexpr (CW == 3) {
+      v[0] = r;
+      v[1] = g;
+      v[2] = b;
+    } else {
+      v[0] = apply_eq(s, pm::luma_bt601(r, g, b));
+    }
+  }
+}
+
+// acc[x*CW + c] += wy * value(row r, column x) for x in [0, n).
+template <int DT, int CIN, int CW>
+void accumulate_row(const PixelSource& s, int r, int n, float wy, float* acc) {
+  using T = typename Storage<DT>::type;
+  const char* p = s.img.base + static_cast<int64_t>(r) * s.img.sy;
+  if constexpr (CIN == 1 && is_lut_dtype(DT)) {
+    // Hot path: contiguous, aligned row of 8/16-bit values -> one table lookup per pixel.
+    if (s.img.sx == static_cast<int64_t>(sizeof(T)) && reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
+      const T* q = reinterpret_cast<const T*>(p);
+      const float* lut = s.lut + (DT == pm::IN_I16 ? 32768 : 0);
+      for (int x = 0; x < n; ++x) acc[x] += wy * lut[q[x]];
+      return;
+    }
+  }
+  float v[3];
+  for (int x = 0; x < n; ++x, p += s.img.sx) {
+    fetch<DT, CIN, CW>(s, p, v);
+    for (int c = 0; c < CW; ++c) acc[x * CW + c] += wy * v[c];
+  }
+}
+
+struct TapTable {  // flattened per-output-index taps of one axis (area downscale)
+  std::vector<int> first, count, offset;
+  std::vector<float> weight;
+};
+
+TapTable area_table(const pm::AxisMap& a) {
+  TapTable t;
+  t.first.resize(a.dst_len);
+  t.count.resize(a.dst_len);
+  t.offset.resize(a.dst_len);
+  for (int d = 0; d < a.dst_len; ++d) {
+    const pm::AreaSpan sp = pm::area_span(a, d);
+    t.first[d] = sp.first;
+    t.count[d] = sp.count;
+    t.offset[d] = static_cast<int>(t.weight.size());
+    for (int k = 0; k < sp.count; ++k) t.weight.push_back(pm::area_weight(sp, k));
+  }
+  return t;
+}
+
+template <int OD>
+inline void write_value(char* p, float v, const pm::OutputParams& o) {
+  if constexpr (OD == pm::OUT_F32) {
+    std::memcpy(p, &v, 4);
+  } else if constexpr (OD == pm::OUT_F16) {
+    const uint16_t h = pm::float_to_half(v);
+    std::memcpy(p, &h, 2);
+  } else {
+    const int8_t q = pm::quantize_int8(v, o);
+    std::memcpy(p, &q, 1);
+  }
+}
+
+struct Plan {
+  const PreparedSpec* spec;
+  PixelSource src;
+  pm::Geometry geo;
+  pm::AxisMap ay, ax;
+  int cw;
+  char* out_slot;  // batch slot b of the output tensor
+  float stat_shift = 0.0f, stat_div = 1.0f;
+};
+
+template <int OD>
+void store_row(const Plan& pl, int oy, const float* row) {
+  const PreparedSpec& ps = *pl.spec;
+  const int C = ps.out_channels, W = ps.out_w, H = ps.out_h;
+  constexpr int isz = OD == pm::OUT_F32 ? 4 : (OD == pm::OUT_F16 ? 2 : 1);
+  for (int c = 0; c < C; ++c) {
+    const int sc = pl.cw == 1 ? 0 : c;
+    char* base;
+    int64_t step;
+    if (ps.nhwc) {
+      base = pl.out_slot + (static_cast<int64_t>(oy) * W * C + c) * isz;
+      step = static_cast<int64_t>(C) * isz;
+    } else {
+      base = pl.out_slot + (static_cast<int64_t>(c) * H + oy) * W * isz;
+      step = isz;
+    }
+    for (int x = 0; x < W; ++x)
+      write_value<OD>(base + x * step, pm::normalize_value(row[x * pl.cw + sc], c, ps.output, pl.stat_shift, pl.stat_div),
+                      ps.output);
+  }
+}
+
+void store_row_any(const Plan& pl, int oy, const float* row) {
+  switch (pl.spec->output.out_dtype) {
+    case pm::OUT_F32: store_row<pm::OUT_F32>(pl, oy, row); break;
+    case pm::OUT_F16: store_row<pm::OUT_F16>(pl, oy, row); break;
+    default: store_row<pm::OUT_I8>(pl, oy, row); break;
+  }
+}
+
+// Fills row[0, out_w*cw) with the resampled working values of output row oy (pad included).
+template <int DT, int CIN, int CW>
+void compute_row(const Plan& pl, const TapTable* xt, const std::vector<pm::Taps2>& x2, int oy, float* row,
+                 std::vector<float>& acc) {
+  const pm::Geometry& g = pl.geo;
+  const float pad = pl.spec->pad_value;
+  const int cy = oy - g.top;
+  if (cy < 0 || cy >= g.content_h) {
+    std::fill(row, row + static_cast<size_t>(g.out_w) * CW, pad);
+    return;
+  }
+  std::fill(row, row + static_cast<size_t>(g.left) * CW, pad);
+  std::fill(row + static_cast<size_t>(g.left + g.content_w) * CW, row + static_cast<size_t>(g.out_w) * CW, pad);
+  float* dst = row + static_cast<size_t>(g.left) * CW;
+  const PixelSource& s = pl.src;
+
+  if (pl.ay.kind == pm::AX_AREA_DOWN) {
+    const int n = g.roi_w;
+    acc.assign(static_cast<size_t>(n) * CW, 0.0f);
+    const pm::AreaSpan sp = pm::area_span(pl.ay, cy);
+    for (int k = 0; k < sp.count; ++k) accumulate_row<DT, CIN, CW>(s, sp.first + k, n, pm::area_weight(sp, k), acc.data());
+    for (int cx = 0; cx < g.content_w; ++cx) {
+      const float* w = xt->weight.data() + xt->offset[cx];
+      const float* a = acc.data() + static_cast<size_t>(xt->first[cx]) * CW;
+      for (int c = 0; c < CW; ++c) {
+        float sum = 0.0f;
+        for (int k = 0; k < xt->count[cx]; ++k) sum += w[k] * a[k * CW + c];
+        dst[cx * CW + c] = sum;
+      }
+    }
+    return;
+  }
+
+  // At most 2x2 taps: gather per output pixel, horizontal then vertical as OpenCV does.
+  const pm::Taps2 ty = pm::taps2(pl.ay, cy);
+  const char* r0 = s.img.base + static_cast<int64_t>(ty.s0) * s.img.sy;
+  const char* r1 = s.img.base + static_cast<int64_t>(ty.s1) * s.img.sy;
+  const int64_t sx = s.img.sx;
+  if (pl.ay.kind == pm::AX_NEAREST) {
+    for (int cx = 0; cx < g.content_w; ++cx) fetch<DT, CIN, CW>(s, r0 + x2[cx].s0 * sx, dst + cx * CW);
+    return;
+  }
+  float a[3], b[3], c2[3], d[3];
+  for (int cx = 0; cx < g.content_w; ++cx) {
+    const pm::Taps2& tx = x2[cx];
+    fetch<DT, CIN, CW>(s, r0 + tx.s0 * sx, a);
+    fetch<DT, CIN, CW>(s, r0 + tx.s1 * sx, b);
+    fetch<DT, CIN, CW>(s, r1 + tx.s0 * sx, c2);
+    fetch<DT, CIN, CW>(s, r1 + tx.s1 * sx, d);
+    for (int c = 0; c < CW; ++c) {
+      const float top = a[c] * tx.w0 + b[c] * tx.w1, bottom = c2[c] * tx.w0 + d[c] * tx.w1;
+      dst[cx * CW + c] = top * ty.w0 + bottom * ty.w1;
+    }
+  }
+}
+
+template <int DT, int CIN, int CW>
+void run_plan(Plan& pl) {
+  const pm::Geometry& g = pl.geo;
+  TapTable xt;
+  std::vector<pm::Taps2> x2;
+  if (pl.ax.kind == pm::AX_AREA_DOWN) {
+    xt = area_table(pl.ax);
+  } else {
+    x2.resize(g.content_w);
+    for (int cx = 0; cx < g.content_w; ++cx) x2[cx] = pm::taps2(pl.ax, cx);
+  }
+  const int norm = pl.spec->output.normalize;
+  const bool needs_stats = norm == pm::NORM_ZSCORE || norm == pm::NORM_MINMAX;
+  const size_t row_len = static_cast<size_t>(g.out_w) * CW;
+  // Rows per chunk: an area row costs ~roi_w * taps, a gather row ~content_w.
+  const int min_chunk = pl.ay.kind == pm::AX_AREA_DOWN ? 1 : std::max(1, 4096 / std::max(1, g.content_w));
+
+  if (!needs_stats) {
+    parallel_for(g.out_h, min_chunk, [&](int y0, int y1) {
+      thread_local std::vector<float> row, acc;
+      row.resize(row_len);
+      for (int oy = y0; oy < y1; ++oy) {
+        compute_row<DT, CIN, CW>(pl, &xt, x2, oy, row.data(), acc);
+        store_row_any(pl, oy, row.data());
+      }
+    });
+    return;
+  }
+  // Per-image statistics need the whole resampled image first: resample into a float plane, reduce
+  // over the content (never the letterbox pad), then normalize and convert.
+  std::vector<float> plane(row_len * g.out_h);
+  parallel_for(g.out_h, min_chunk, [&](int y0, int y1) {
+    thread_local std::vector<float> acc;
+    for (int oy = y0; oy < y1; ++oy) compute_row<DT, CIN, CW>(pl, &xt, x2, oy, plane.data() + row_len * oy, acc);
+  });
+  double sum = 0.0, lo = INFINITY, hi = -INFINITY;
+  const double count = static_cast<double>(g.content_h) * g.content_w * CW;
+  for (int y = g.top; y < g.top + g.content_h; ++y) {
+    const float* r = plane.data() + row_len * y + static_cast<size_t>(g.left) * CW;
+    for (size_t i = 0; i < static_cast<size_t>(g.content_w) * CW; ++i) {
+      sum += r[i];
+      lo = std::min(lo, static_cast<double>(r[i]));
+      hi = std::max(hi, static_cast<double>(r[i]));
+    }
+  }
+  if (norm == pm::NORM_ZSCORE) {
+    const double mean = sum / count;
+    double ss = 0.0;
+    for (int y = g.top; y < g.top + g.content_h; ++y) {
+      const float* r = plane.data() + row_len * y + static_cast<size_t>(g.left) * CW;
+      for (size_t i = 0; i < static_cast<size_t>(g.content_w) * CW; ++i) ss += (r[i] - mean) * (r[i] - mean);
+    }
+    const double sd = std::sqrt(ss / count);
+    pl.stat_shift = static_cast<float>(mean);
+    pl.stat_div = sd > 0.0 ? static_cast<float>(sd) : 1.0f;  // constant image -> all zeros
+  } else {
+    pl.stat_shift = static_cast<float>(lo);
+    pl.stat_div = hi > lo ? static_cast<float>(hi - lo) : 1.0f;  // constant image -> all zeros
+  }
+  parallel_for(g.out_h, std::max(1, 16384 / g.out_w), [&](int y0, int y1) {
+    for (int oy = y0; oy < y1; ++oy) store_row_any(pl, oy, plane.data() + row_len * oy);
+  });
+}
+
+template <int DT>
+void dispatch_channels(Plan& pl) {
+  const int cin = pl.src.img.channels;
+  if (cin == 1) run_plan<DT, 1, 1>(pl);
+  else if (pl.cw == 1) run_plan<DT, 3, 1>(pl);
+  else run_plan<DT, 3, 3>(pl);
+}
+
+void check_finite_f32(const SourceImage& img) {
+  std::mutex mu;
+  int64_t bad_row = -1, bad_col = -1;
+  parallel_for(static_cast<int>(img.h), 64, [&](int y0, int y1) {
+    for (int y = y0; y < y1; ++y) {
+      const char* p = img.base + static_cast<int64_t>(y) * img.sy;
+      for (int64_t x = 0; x < img.w; ++x, p += img.sx)
+        for (int c = 0; c < img.channels; ++c)
+          if (!std::isfinite(load<float>(p + c * img.sc))) {
+            std::lock_guard<std::mutex> lk(mu);
+            if (bad_row < 0 || y < bad_row) { bad_row = y; bad_col = x; }
+            return;
+          }
+    }
+  });
+  if (bad_row >= 0)
+    throw InputError("input pixels contain NaN or Inf (first at ROI row " + std::to_string(bad_row) + ", column " +
+                     std::to_string(bad_col) + "); SliceRT refuses non-finite pixels instead of guessing a value");
+}
+
+// Histogram equalization needs the distribution of the displayed values over the whole ROI before
+// the first output pixel can be written.
+struct EqualizeTables {
+  std::vector<float> lut;    // grey 8/16-bit: folded table with equalization composed in
+  std::vector<float> table;  // otherwise: kEqualizeBins entries applied to the working value
+};
+
+template <int DT, int CIN>
+EqualizeTables build_equalization(const PixelSource& s) {
+  const SourceImage& img = s.img;
+  const float lo = s.lo, hi = s.hi;
+  std::vector<double> bins(pm::kEqualizeBins, 0.0);
+  std::mutex mu;
+  EqualizeTables out;
+  if constexpr (CIN == 1 && is_lut_dtype(DT)) {
+    // Histogram of stored values, then of their displayed values: one cheap pass over the pixels.
+    const int n = DT == pm::IN_U8 ? 256 : 65536;
+    const int offset = DT == pm::IN_I16 ? 32768 : 0;
+    std::vector<uint64_t> raw(n, 0);
+    parallel_for(static_cast<int>(img.h), 32, [&](int y0, int y1) {
+      std::vector<uint32_t> local(n, 0);
+      for (int y = y0; y < y1; ++y) {
+        const char* p = img.base + static_cast<int64_t>(y) * img.sy;
+        for (int64_t x = 0; x < img.w; ++x, p += img.sx)
+          ++local[static_cast<int>(load<typename Storage<DT>::type>(p)) + offset];
+      }
+      std::lock_guard<std::mutex> lk(mu);
+      for (int i = 0; i < n; ++i) raw[i] += local[i];
+    });
+    for (int i = 0; i < n; ++i)
+      if (raw[i]) bins[pm::equalize_bin(s.lut[i], lo, hi)] += static_cast<double>(raw[i]);
+  } else {
+    parallel_for(static_cast<int>(img.h), 32, [&](int y0, int y1) {
+      std::vector<double> local(pm::kEqualizeBins, 0.0);
+      PixelSource plain = s;
+      plain.eq_table = nullptr;
+      float v[3];
+      for (int y = y0; y < y1; ++y) {
+        const char* p = img.base + static_cast<int64_t>(y) * img.sy;
+        for (int64_t x = 0; x < img.w; ++x, p += img.sx) {
+          fetch<DT, CIN, 1>(plain, p, v);
+          local[pm::equalize_bin(v[0], lo, hi)] += 1.0;
+        }
+      }
+      std::lock_guard<std::mutex> lk(mu);
+      for (int i = 0; i < pm::kEqualizeBins; ++i) bins[i] += local[i];
+    });
+  }
+  std::vector<double> cdf(pm::kEqualizeBins);
+  double run = 0.0, cdf_min = -1.0;
+  for (int i = 0; i < pm::kEqualizeBins; ++i) {
+    run += bins[i];
+    cdf[i] = run;
+    if (cdf_min < 0.0 && bins[i] > 0.0) cdf_min = run;
+  }
+  out.table.resize(pm::kEqualizeBins);
+  for (int i = 0; i < pm::kEqualizeBins; ++i) out.table[i] = pm::equalize_value(cdf[i], cdf_min, run, lo, hi);
+  if constexpr (CIN == 1 && is_lut_dtype(DT)) {
+    const int n = DT == pm::IN_U8 ? 256 : 65536;
+    out.lut.resize(n);
+    for (int i = 0; i < n; ++i) out.lut[i] = out.table[pm::equalize_bin(s.lut[i], lo, hi)];
+    out.table.clear();
+  }
+  return out;
+}
+
+template <int DT>
+void run_dtype(const PreparedSpec& ps, Plan& pl) {
+  PixelSource& s = pl.src;
+  if constexpr (is_lut_dtype(DT)) s.lut = ps.folded_lut(DT).data();
+  if constexpr (DT == pm::IN_F32) check_finite_f32(s.img);
+  EqualizeTables eq;
+  if (ps.equalize) {
+    if (s.img.channels == 1) eq = build_equalization<DT, 1>(s);
+    else eq = build_equalization<DT, 3>(s);
+    if (!eq.lut.empty()) s.lut = eq.lut.data();
+    if (!eq.table.empty()) s.eq_table = eq.table.data();
+  }
+  dispatch_channels<DT>(pl);
+}
+
+}  // namespace
+
+pm::Geometry resolve_geometry(const PreparedSpec& ps, int64_t src_h, int64_t src_w) {
+  if (src_h < 1 || src_w < 1) throw InputError("input image is empty (" + std::to_string(src_h) + "x" +
+                                               std::to_string(src_w) + " pixels)");
+  if (src_h > INT32_MAX || src_w > INT32_MAX) throw InputError("input image side exceeds 2^31 - 1 pixels");
+  int y0 = 0, x0 = 0, h = static_cast<int>(src_h), w = static_cast<int>(src_w);
+  if (ps.has_roi) {
+    if (static_cast<int64_t>(ps.roi_y0) + ps.roi_h > src_h || static_cast<int64_t>(ps.roi_x0) + ps.roi_w > src_w)
+      throw InputError("PreprocessSpec.roi (y0=" + std::to_string(ps.roi_y0) + ", x0=" + std::to_string(ps.roi_x0) +
+                       ", h=" + std::to_string(ps.roi_h) + ", w=" + std::to_string(ps.roi_w) +
+                       ") reaches outside the " + std::to_string(src_h) + "x" + std::to_string(src_w) + " image");
+    y0 = ps.roi_y0;
+    x0 = ps.roi_x0;
+    h = ps.roi_h;
+    w = ps.roi_w;
+  }
+  return pm::make_geometry(y0, x0, h, w, ps.out_h, ps.out_w, ps.letterbox ? 1 : 0);
+}
+
+void preprocess_cpu(const PreparedSpec& ps, const SourceImage& full, char* out_slot) {
+  Plan pl;
+  pl.spec = &ps;
+  pl.geo = resolve_geometry(ps, full.h, full.w);
+  PixelSource& s = pl.src;
+  s.img = full;
+  s.img.base = full.base + pl.geo.roi_y0 * full.sy + pl.geo.roi_x0 * full.sx;
+  s.img.h = pl.geo.roi_h;
+  s.img.w = pl.geo.roi_w;
+  s.lut = nullptr;
+  s.pp = ps.pixel_params();
+  s.eq_table = nullptr;
+  s.lo = ps.out_min;
+  s.hi = ps.out_max;
+  pl.cw = (full.channels == 3 && ps.out_channels == 3) ? 3 : 1;
+  pl.out_slot = out_slot;
+  pm::make_axes(pl.geo.roi_h, pl.geo.roi_w, pl.geo.content_h, pl.geo.content_w, ps.resize, &pl.ay, &pl.ax);
+  switch (full.dtype) {
+    case pm::IN_U8: run_dtype<pm::IN_U8>(ps, pl); break;
+    case pm::IN_U16: run_dtype<pm::IN_U16>(ps, pl); break;
+    case pm::IN_I16: run_dtype<pm::IN_I16>(ps, pl); break;
+    case pm::IN_I32: run_dtype<pm::IN_I32>(ps, pl); break;
+    case pm::IN_F32: run_dtype<pm::IN_F32>(ps, pl); break;
+    default: throw InputError("unsupported input dtype");
+  }
+}
+
+}  // namespace slicert
