@@ -123,8 +123,8 @@ class OnnxRuntimeBackend(Backend):
                                         providers=[self.provider])
         self._sess = sess
         self._run = sess.run_with_iobinding
-        self.info.update(provider=self.provider, providers=sess.get_providers(), intra_op_threads=threads,
-                         inter_op_threads=1, model=member, model_optimized=optimized, model_why=why,
+        self.info.update(device="cpu", provider=self.provider, providers=sess.get_providers(), intra_op_threads=threads,
+                         inter_op_threads=1, model_file=member, model_optimized=optimized, model_why=why,
                          onnxruntime=ort_version())
         self._describe_io()
         self._allocate()

@@ -1,0 +1,623 @@
+"""`engine.load(bundle) -> Session`; `Session.run(x) -> Result`.
+
+A Session owns one verified bundle and one activated backend whose buffers were allocated once at
+load. `run` = resolve the input (raw array, DICOM path/bytes/Dataset, engine.dicom.Slice, or a device
+array) -> fused preprocessing straight into the backend's input buffer -> inference -> post-processing
+into physical units. Every stage is timed with perf_counter_ns (ms in `Result.timings_ms`).
+
+Thread model:
+  * ONNX Runtime: one Session may be called from several threads. The first call uses the buffers
+    allocated at load; a call that finds them busy gets its own buffer set (allocated once, then
+    pooled) on the same InferenceSession. Results do not depend on the thread (tested bit-identical).
+  * TensorRT: the same pool gives each concurrent caller its own execution context, stream and
+    device buffers (TensorRT contexts are not shareable across threads); for a fixed thread count,
+    prefer one Session per thread/stream.
+  * `stream()` decodes in a background thread while the caller's thread runs inference.
+  * close() is safe while other threads run: running calls finish, later calls raise SessionClosed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends import backend_class, backend_names, require_backend
+from engine.bundle import format as fmt
+from engine.bundle.reader import Bundle, open_bundle
+from engine.errors import BackendUnavailable, EngineMismatch, InputError, SessionClosed
+from engine.spec import PreprocessSpec
+
+_perf_ns = time.perf_counter_ns
+PRECISIONS = ("best", *fmt.VARIANTS)
+
+# Spec fields the model was trained with; a caller-supplied spec may change only how stored values
+# become grey levels (modality LUT, VOI, inversion, channels) and the ROI, never these.
+MODEL_SPEC_FIELDS = ("out_height", "out_width", "out_channels", "layout", "out_dtype", "quant_scale",
+                     "quant_zero_point", "resize", "letterbox", "pad_value", "normalize", "mean", "std", "equalize",
+                     "output_min", "output_max")
+_DLPACK_CUDA_DEVICES = {2, 3, 13}  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+class Result:
+    """One slice's output.
+
+    classification: `scores` (float32 [num_classes], post-processed: softmax/sigmoid), `label`.
+    segmentation: `mask` (uint8 label image in the SOURCE geometry: ROI/letterbox/resize undone),
+    `pixel_counts` {label: pixels}, `areas_mm2` {label: mm²} (None without pixel spacing),
+    `pixel_spacing_mm` (row, col) or None.
+    Always: `timings_ms` {decode, preprocess, h2d, infer, d2h, postprocess, total} in milliseconds.
+    """
+
+    __slots__ = ("task", "labels", "scores", "label", "mask", "pixel_counts", "areas_mm2", "pixel_spacing_mm",
+                 "timings_ms", "frame_index", "dropped_frames", "batch_size", "_scratch")
+
+    def __init__(self, task: str, labels: list[str]):
+        self.task = task
+        self.labels = labels
+        self.scores: np.ndarray | None = None
+        self.label: str | None = None
+        self.mask: np.ndarray | None = None
+        self.pixel_counts: dict[str, int] | None = None
+        self.areas_mm2: dict[str, float] | None = None
+        self.pixel_spacing_mm: tuple[float, float] | None = None
+        self.timings_ms: dict[str, float] = dict.fromkeys(
+            ("decode", "preprocess", "h2d", "infer", "d2h", "postprocess", "total"), 0.0)
+        self.frame_index: int | None = None
+        self.dropped_frames = 0
+        self.batch_size = 1
+        self._scratch: dict[str, np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        t = self.timings_ms["total"]
+        if self.task == "classification":
+            return f"Result(label={self.label!r}, scores={np.round(self.scores, 4).tolist()}, total={t:.3f} ms)"
+        areas = None if self.areas_mm2 is None else {k: round(v, 2) for k, v in self.areas_mm2.items()}
+        return (f"Result(mask={None if self.mask is None else self.mask.shape}, areas_mm2={areas}, "
+                f"pixel_spacing_mm={self.pixel_spacing_mm}, total={t:.3f} ms)")
+
+
+def _spec_key(spec: PreprocessSpec) -> tuple:
+    parts = []
+    for f in dataclasses.fields(spec):
+        v = getattr(spec, f.name)
+        if isinstance(v, np.ndarray):
+            v = (v.shape, hash(v.tobytes()))
+        parts.append(v)
+    return tuple(parts)
+
+
+def _resolve_variant(bundle: Bundle, precision: str, backend: str) -> str:
+    variants = bundle.variants
+    if precision == "best":
+        default = (bundle.manifest.get("default_variant") or {}).get(backend)
+        if default in variants:
+            return default
+        return next(v for v in fmt.BEST_ORDER[backend] + tuple(variants) if v in variants)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in variants:
+        raise InputError(f"precision {precision!r} is not in bundle {bundle.path.name} (it has {sorted(variants)}); "
+                         f"pick one of those or rebuild with `slicert build --precision {precision}`")
+    return precision
+
+
+def _select_backend(bundle: Bundle, backend: str, precision: str, options: dict[str, Any]):
+    if backend == "auto":
+        skipped = []
+        for name in backend_names():
+            cls = backend_class(name)
+            ok, why = cls.availability()
+            if not ok:
+                skipped.append(f"{name} unavailable: {why}")
+                continue
+            variant = _resolve_variant(bundle, precision, name)
+            ok, why = cls.supports(bundle, variant, options)
+            if not ok:
+                skipped.append(f"{name} cannot run this bundle: {why}")
+                continue
+            reason = f"auto: chose {name} ({why})"
+            if skipped:
+                reason += "; " + "; ".join(skipped)
+            return cls, variant, reason
+        raise BackendUnavailable("no backend can run this bundle here: " + "; ".join(skipped))
+    if not isinstance(backend, str):
+        raise InputError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
+    cls = require_backend(backend)
+    variant = _resolve_variant(bundle, precision, backend)
+    ok, why = cls.supports(bundle, variant, options)
+    if not ok:
+        err = EngineMismatch if backend == "tensorrt" else BackendUnavailable
+        raise err(f"backend {backend!r} cannot run bundle {bundle.path.name}: {why}")
+    return cls, variant, f"requested backend={backend!r} ({why})"
+
+
+class Session:
+    """A loaded bundle, ready to run. Create with `engine.load(path, ...)`."""
+
+    def __init__(self, bundle: Bundle, backend, *, why: str, variant: str, max_concurrency: int | None = None):
+        self.bundle = bundle
+        self.spec: PreprocessSpec = bundle.spec
+        self.task: str = bundle.task
+        self.labels: list[str] = bundle.labels
+        self.voi_policy: str = bundle.manifest["voi_policy"]
+        self.variant = variant
+        out = bundle.manifest["output"]
+        self._out_name: str = out["name"]
+        self._post: str = out["postprocess"]
+        self._num_classes = len(self.labels)
+        self._backend = backend
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(backend)
+        self._all = [backend]
+        self._fork_lock = threading.Lock()
+        self._max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
+        self._closed = False
+        self._spec_cache: dict[Any, PreprocessSpec] = {}
+        self._info_cache: dict[tuple[int, str], tuple[Any, PreprocessSpec]] = {}
+        self.info: dict[str, Any] = {
+            "backend": backend.name, "precision": variant, "variant": variant, "device": backend.info.get("device",
+                                                                                                          "cpu"),
+            "why": why, "bundle": str(bundle.path), "model": bundle.manifest["model"]["name"], "task": self.task,
+            "labels": list(self.labels), "max_batch": backend.max_batch, "voi_policy": self.voi_policy,
+            "schema_version": bundle.manifest["schema_version"],
+        }
+        self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
+        if self.task == "segmentation":
+            from engine import postprocess  # noqa: F401  (fail at load, not at the first slice)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Free the backend's buffers and the bundle mapping. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                b = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            b.deactivate()
+        self.bundle.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"<Session {self.info['model']} {self.task} on {self.info['backend']} ({self.variant}), "
+                f"{state}>")
+
+    def _closed_error(self) -> SessionClosed:
+        return SessionClosed(f"session for {self.bundle.path.name} is closed; load it again with "
+                             f"engine.load({str(self.bundle.path)!r})")
+
+    def _acquire(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        if self._closed:
+            raise self._closed_error()
+        with self._fork_lock:
+            if len(self._all) < self._max_concurrency and hasattr(self._backend, "fork"):
+                twin = self._backend.fork()
+                self._all.append(twin)
+                return twin
+        return self._idle.get()
+
+    def _release(self, backend) -> None:
+        if self._closed:
+            backend.deactivate()
+        else:
+            self._idle.put(backend)
+
+    # -- input resolution ------------------------------------------------------------------------
+    def _check_spec(self, spec: PreprocessSpec) -> PreprocessSpec:
+        if spec is self.spec:
+            return spec
+        if not isinstance(spec, PreprocessSpec):
+            raise InputError(f"spec must be an engine.spec.PreprocessSpec, got {type(spec).__name__}")
+        bad = [f for f in MODEL_SPEC_FIELDS if getattr(spec, f) != getattr(self.spec, f)]
+        if bad:
+            diffs = ", ".join(f"{f}={getattr(spec, f)!r} (bundle: {getattr(self.spec, f)!r})" for f in bad)
+            raise InputError(f"spec does not match the bundle's model: {diffs}; start from session.spec and change "
+                             f"only the modality LUT / VOI / invert / in_channels / roi fields, e.g. "
+                             f"session.spec.replace(window_center=..., window_width=...)")
+        key = _spec_key(spec)
+        canonical = self._spec_cache.get(key)
+        if canonical is None:
+            if len(self._spec_cache) > 64:
+                self._spec_cache.clear()
+            canonical = self._spec_cache[key] = spec
+        return canonical  # same object for equal specs: the native prepared form is reused
+
+    def _slice_spec(self, s, spec: PreprocessSpec | None) -> PreprocessSpec:
+        if spec is not None:
+            return self._check_spec(spec)
+        key = (id(s.info), self.voi_policy)
+        hit = self._info_cache.get(key)
+        if hit is not None and hit[0] is s.info:
+            return hit[1]
+        derived = self._check_spec(s.spec_for(self.spec, self.voi_policy))
+        if len(self._info_cache) > 64:
+            self._info_cache.clear()
+        self._info_cache[key] = (s.info, derived)  # holds `info` so its id is not reused
+        return derived
+
+    def _resolve(self, x, spec, frame, pixel_spacing_mm):
+        """-> (pixels, spec, frame, pixel_spacing_mm, decode_ns, frame_index)."""
+        if type(x) is np.ndarray:
+            s = self.spec if spec is None else self._check_spec(spec)
+            if s.in_channels == 1 and x.ndim == 3 and x.shape[-1] == 3 and frame is None:
+                raise InputError(f"input of shape {x.shape} looks like RGB, but the bundle's spec takes grey (H, W) "
+                                 f"pixels; pass spec=session.spec.replace(in_channels=3) to convert RGB to grey "
+                                 f"(BT.601 luma), or frame=<index> if these are 3 grey frames")
+            return x, s, frame, pixel_spacing_mm, 0, frame
+        if hasattr(x, "spec_for") and hasattr(x, "pixels"):  # engine.dicom.Slice
+            return (x.pixels, self._slice_spec(x, spec), None,
+                    pixel_spacing_mm or x.pixel_spacing_mm, 0, x.frame_index)
+        if hasattr(x, "spec_for") and hasattr(x, "__len__"):  # engine.dicom.FrameSequence
+            if len(x) != 1:
+                raise InputError(f"{x!r} holds {len(x)} frames: use session.stream(...) for cine, "
+                                 f"session.run_batch(...) for a series, or run(seq[i]) for one frame")
+            t0 = _perf_ns()
+            first = x[0]
+            return (first.pixels, self._slice_spec(first, spec), None, pixel_spacing_mm or first.pixel_spacing_mm,
+                    _perf_ns() - t0, 0)
+        if _is_device_array(x):
+            raise InputError(f"a GPU array ({type(x).__name__}) was given but this session runs on "
+                             f"{self.info['backend']} (CPU): copy it to host memory first, or load the bundle "
+                             f"with backend='tensorrt' on a GPU machine")
+        if hasattr(x, "__dlpack__"):  # CPU DLPack (e.g. a PyTorch CPU tensor): zero-copy view
+            return self._resolve(np.from_dlpack(x), spec, frame, pixel_spacing_mm)
+        if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(x, "read") or \
+                type(x).__name__ in ("Dataset", "FileDataset"):
+            from engine import dicom
+
+            t0 = _perf_ns()
+            src = bytes(x) if isinstance(x, (bytearray, memoryview)) else x
+            img = dicom.read(src)
+            if not hasattr(img, "pixels"):
+                if len(img) != 1:
+                    raise InputError(f"{img!r} holds {len(img)} frames: use session.stream(...) for cine or "
+                                     f"session.run_batch(...)")
+                img = img[0]
+            decode_ns = _perf_ns() - t0
+            return (img.pixels, self._slice_spec(img, spec), None, pixel_spacing_mm or img.pixel_spacing_mm,
+                    decode_ns, img.frame_index)
+        raise InputError(f"cannot run on a {type(x).__name__}: give a numpy array of raw pixels, a DICOM path/"
+                         f"bytes/pydicom Dataset, an engine.dicom.Slice, or a device array (TensorRT backend)")
+
+    # -- post-processing ---------------------------------------------------------------------------
+    def new_result(self, src_hw: tuple[int, int] | None = None) -> Result:
+        """A Result with preallocated arrays for `run_into` (segmentation needs the source (H, W))."""
+        r = Result(self.task, self.labels)
+        if self.task == "classification":
+            r.scores = np.zeros(self._num_classes, np.float32)
+            r._scratch = {"max": np.zeros((), np.float32)}
+        else:
+            if src_hw is None:
+                raise InputError("segmentation results need the source image size: new_result(src_hw=(H, W))")
+            h, w = (int(v) for v in src_hw)
+            r.mask = np.zeros((h, w), np.uint8)
+            r._scratch = {}
+        return r
+
+    def _postprocess(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        if self.task == "classification":
+            scores = r.scores
+            if scores is None:
+                scores = r.scores = np.empty(self._num_classes, np.float32)
+            if self._post == "softmax":
+                np.subtract(raw, raw.max(), out=scores)
+                np.exp(scores, out=scores)
+                scores /= scores.sum()
+            elif self._post == "sigmoid":
+                np.negative(raw, out=scores)
+                np.exp(scores, out=scores)
+                scores += 1.0
+                np.reciprocal(scores, out=scores)
+            else:
+                scores[...] = raw
+            if not np.isfinite(scores).all():
+                raise InputError(f"the {self.variant} model produced NaN/Inf scores for this input: check the spec "
+                                 f"(window/rescale) matches the data, or load with precision='fp32'")
+            r.label = self.labels[int(scores.argmax())]
+            return
+        from engine import postprocess as pp
+
+        if not np.isfinite(raw).all():
+            raise InputError(f"the {self.variant} model produced NaN/Inf logits for this input: check the spec "
+                             f"(window/rescale) matches the data, or load with precision='fp32'")
+        small = pp.argmax_mask(raw)
+        mask = pp.mask_to_source(small, src_hw, spec)
+        if r.mask is not None and r.mask.shape == mask.shape:
+            np.copyto(r.mask, mask)
+        else:
+            r.mask = mask
+        r.pixel_spacing_mm = None if spacing is None else (float(spacing[0]), float(spacing[1]))
+        counts, areas = pp.class_areas_mm2(r.mask, r.pixel_spacing_mm, self._num_classes)
+        r.pixel_counts = {lab: int(c) for lab, c in zip(self.labels, counts)}
+        r.areas_mm2 = None if areas is None else {lab: float(a) for lab, a in zip(self.labels, areas)}
+
+    # -- public API -------------------------------------------------------------------------------
+    def run(self, x, *, spec: PreprocessSpec | None = None, frame: int | None = None,
+            pixel_spacing_mm: tuple[float, float] | None = None) -> Result:
+        """Run one slice. `x`: raw pixel array (the bundle's spec, or `spec` with the same model fields),
+        DICOM path/bytes/pydicom Dataset, engine.dicom.Slice, or a device array (TensorRT).
+        `frame` picks a frame of an (F, H, W) array; `pixel_spacing_mm` (row, col) gives raw arrays areas."""
+        return self._run(x, None, spec, frame, pixel_spacing_mm)
+
+    def run_into(self, result: Result, x, *, spec: PreprocessSpec | None = None, frame: int | None = None,
+                 pixel_spacing_mm: tuple[float, float] | None = None) -> Result:
+        """`run` writing into a Result from `new_result()`: classification allocates no array."""
+        if not isinstance(result, Result) or result.task != self.task:
+            raise InputError("result must come from this session's new_result()")
+        return self._run(x, result, spec, frame, pixel_spacing_mm)
+
+    def _run(self, x, result, spec, frame, spacing) -> Result:
+        t0 = _perf_ns()
+        if self._closed:
+            raise self._closed_error()
+        backend = self._acquire()
+        try:
+            pixels, spec_used, frame, spacing, decode_ns, frame_index = self._resolve(x, spec, frame, spacing)
+            t1 = _perf_ns()
+            backend.stage(pixels, spec_used, 0, frame=frame)
+            t2 = _perf_ns()
+            outs = backend.infer(1)
+            t3 = _perf_ns()
+            r = result if result is not None else Result(self.task, self.labels)
+            src_hw = pixels.shape[-3:-1] if spec_used.in_channels == 3 else pixels.shape[-2:]
+            self._postprocess(outs[self._out_name][0], r, src_hw, spec_used, spacing)
+            t4 = _perf_ns()
+        finally:
+            self._release(backend)
+        r.frame_index = frame_index
+        tm = r.timings_ms
+        tm["decode"] = decode_ns * 1e-6
+        tm["preprocess"] = (t2 - t1) * 1e-6
+        tm["infer"] = (t3 - t2) * 1e-6
+        tm["h2d"] = tm["d2h"] = 0.0
+        if backend.device_stages:
+            tm.update(backend.stage_ms)
+        tm["postprocess"] = (t4 - t3) * 1e-6
+        tm["total"] = (t4 - t0) * 1e-6
+        return r
+
+    def run_batch(self, items: Iterable, *, spec: PreprocessSpec | None = None,
+                  pixel_spacing_mm: tuple[float, float] | None = None) -> list[Result]:
+        """Run many slices (a CT series), `max_batch` per inference call. Stage timings of each Result
+        are those of the whole batch it ran in (`Result.batch_size`)."""
+        if self._closed:
+            raise self._closed_error()
+        items = list(items)
+        results: list[Result] = []
+        backend = self._acquire()
+        try:
+            n_max = backend.max_batch
+            for start in range(0, len(items), n_max):
+                chunk = items[start:start + n_max]
+                t0 = _perf_ns()
+                resolved = [self._resolve(x, spec, None, pixel_spacing_mm) for x in chunk]
+                t1 = _perf_ns()
+                for i, (pixels, s, frame, _sp, _d, _fi) in enumerate(resolved):
+                    backend.stage(pixels, s, i, frame=frame)
+                t2 = _perf_ns()
+                outs = backend.infer(len(chunk))
+                t3 = _perf_ns()
+                batch = []
+                for i, (pixels, s, _f, sp, decode_ns, fi) in enumerate(resolved):
+                    r = Result(self.task, self.labels)
+                    src_hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
+                    self._postprocess(outs[self._out_name][i], r, src_hw, s, sp)
+                    r.frame_index, r.batch_size = fi, len(chunk)
+                    batch.append(r)
+                t4 = _perf_ns()
+                stage_ms = {"decode": (t1 - t0) * 1e-6, "preprocess": (t2 - t1) * 1e-6, "h2d": 0.0,
+                            "infer": (t3 - t2) * 1e-6, "d2h": 0.0, "postprocess": (t4 - t3) * 1e-6,
+                            "total": (t4 - t0) * 1e-6}
+                if backend.device_stages:
+                    stage_ms.update(backend.stage_ms)
+                for r in batch:
+                    r.timings_ms.update(stage_ms)
+                results.extend(batch)
+        finally:
+            self._release(backend)
+        return results
+
+    def stream(self, frames, *, drop_stale: bool = True, spec: PreprocessSpec | None = None,
+               pixel_spacing_mm: tuple[float, float] | None = None) -> Iterator[Result]:
+        """Results for a cine loop or live source, decoded in a background thread.
+
+        `frames`: a multi-frame DICOM (path/bytes/Dataset/FrameSequence), an (F, H, W) array, or any
+        iterable of inputs `run` accepts. drop_stale=True (real time): each result is for the newest
+        frame available when inference became free; skipped frames are counted in
+        `Result.dropped_frames`. drop_stale=False: every frame, in order.
+        """
+        if self._closed:
+            raise self._closed_error()
+        source = _frame_source(frames)
+        mailbox = _Mailbox(capacity=1 if drop_stale else 4, drop_oldest=drop_stale)
+        producer = threading.Thread(target=mailbox.fill, args=(source,), name="slicert-stream-decode", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = mailbox.take()
+                if item is None:
+                    break
+                x, frame, decode_ns, dropped = item
+                r = self._run(x, None, spec, frame, pixel_spacing_mm)
+                r.timings_ms["decode"] = decode_ns * 1e-6
+                r.dropped_frames = dropped
+                if r.frame_index is None:
+                    r.frame_index = frame
+                yield r
+        finally:
+            mailbox.stop()
+            producer.join(timeout=5.0)
+
+
+def _is_device_array(x) -> bool:
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return int(dev()[0]) in _DLPACK_CUDA_DEVICES
+    except Exception:
+        return False
+
+
+def _frame_source(frames) -> Iterator[tuple[Any, int | None, int]]:
+    """Yields (input, frame index for arrays, decode ns) lazily, in the producer thread."""
+    if isinstance(frames, np.ndarray):
+        if frames.ndim < 3:
+            raise InputError(f"stream() needs frames: an (F, H, W) or (F, H, W, 3) array, got shape {frames.shape}")
+
+        def arrays():
+            for i in range(frames.shape[0]):
+                yield frames, i, 0
+        return arrays()
+
+    def dicom_frames(seq):
+        it = iter(seq)
+        while True:
+            t0 = _perf_ns()
+            try:
+                s = next(it)
+            except StopIteration:
+                return
+            yield s, None, _perf_ns() - t0
+
+    if isinstance(frames, (str, os.PathLike, bytes, bytearray)) or type(frames).__name__ in ("Dataset", "FileDataset"):
+        from engine import dicom
+
+        src = bytes(frames) if isinstance(frames, bytearray) else frames
+
+        def from_file():
+            t0 = _perf_ns()
+            img = dicom.read(src)
+            head_ns = _perf_ns() - t0
+            if hasattr(img, "pixels"):
+                yield img, None, head_ns
+                return
+            yield from dicom_frames(img)
+        return from_file()
+    if hasattr(frames, "spec_for") and hasattr(frames, "__len__"):
+        return dicom_frames(frames)
+    if isinstance(frames, Iterable):
+        return ((x, None, 0) for x in frames)
+    raise InputError(f"stream() cannot iterate a {type(frames).__name__}")
+
+
+class _Mailbox:
+    """Producer -> consumer hand-off. drop_oldest: keep only the newest `capacity` frames."""
+
+    def __init__(self, capacity: int, drop_oldest: bool):
+        self._items: list = []
+        self._cap = capacity
+        self._drop = drop_oldest
+        self._cond = threading.Condition()
+        self._done = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._dropped = 0
+
+    def fill(self, source) -> None:
+        try:
+            for x, frame, decode_ns in source:
+                with self._cond:
+                    while not self._drop and len(self._items) >= self._cap and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    if self._drop and len(self._items) >= self._cap:
+                        self._items.pop(0)
+                        self._dropped += 1
+                    self._items.append((x, frame, decode_ns))
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the consumer thread, raised there
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def take(self):
+        with self._cond:
+            while not self._items and not self._done:
+                self._cond.wait()
+            if self._items:
+                x, frame, decode_ns = self._items.pop(0)
+                dropped, self._dropped = self._dropped, 0
+                self._cond.notify_all()
+                return x, frame, decode_ns, dropped
+            if self._error is not None:
+                raise self._error
+            return None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+def load(path: "str | os.PathLike[str]", backend: str = "auto", device: int = 0, threads: int | None = None,
+         max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
+         use_optimized: bool = True) -> Session:
+    """Open and verify a `.slicert` bundle and return a ready Session.
+
+    backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
+    ONNX Runtime on the CPU; `session.info["why"]` says which and why), "onnxruntime" or "tensorrt"
+    (BackendUnavailable listing what is available when it cannot run here).
+    device: CUDA device index (TensorRT). threads: CPU threads for inference and preprocessing
+    (default: usable cores). max_batch: largest run_batch chunk; buffers for it are allocated now.
+    precision: "best" (the bundle's fastest variant that passed its accuracy gate) or fp32/fp16/int8/mixed.
+    rebuild: TensorRT may compile an engine from the bundled ONNX when none matches this GPU.
+    use_optimized: ONNX Runtime may use the bundle's offline-optimized model when it matches this CPU.
+    """
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+        raise InputError(f"device must be a CUDA device index >= 0, got {device!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    bundle = open_bundle(Path(path))
+    try:
+        options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device}
+        cls, variant, why = _select_backend(bundle, backend, precision, options)
+        manifest_batch = bundle.manifest["input"].get("max_batch")
+        if cls.name == "tensorrt" and manifest_batch and max_batch > manifest_batch and not rebuild:
+            raise EngineMismatch(f"max_batch={max_batch} exceeds the {manifest_batch} the bundle's engines were built "
+                                 f"for; rebuild with `slicert build --max-batch {max_batch}` or load with rebuild=True")
+        if threads is not None:
+            from engine import preprocess
+
+            preprocess.set_num_threads(threads)
+        b = cls(bundle, variant=variant, device=device, threads=threads, max_batch=max_batch, options=options)
+        b.activate()
+    except BaseException:
+        bundle.close()
+        raise
+    return Session(bundle, b, why=why, variant=variant)
+
+
+__all__ = ["Result", "Session", "load"]
