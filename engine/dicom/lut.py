@@ -16,6 +16,9 @@ from engine.dicom.problems import fail
 from engine.dicom.values import get_float, get_floats, get_int, get_str, get_strs, raw
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+# The kernel computes in float32 (max ~3.4e38); values near that overflow to inf in intermediate
+# steps such as c - w/2, and inf - inf is NaN. Nothing physical comes close to this bound.
+FLOAT32_SAFE = 1e30
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,12 @@ def read_modality_lut(ds: Any, pm: PixelModule, source: str, notes: list[str]) -
     if slope == 0:
         raise fail(source, "RescaleSlope", "must be non-zero (PS3.3 C.11.1.1.2)")
     kind = "identity" if (slope == 1.0 and intercept == 0.0) else "rescale"
-    return ModalityLUT(kind, slope, intercept, None, get_str(ds, "RescaleType", source, "") or "")
+    mlut = ModalityLUT(kind, slope, intercept, None, get_str(ds, "RescaleType", source, "") or "")
+    lo, hi = modality_range(pm, mlut)
+    if not max(abs(lo), abs(hi)) < FLOAT32_SAFE:
+        raise fail(source, "RescaleSlope", f"slope {slope:g} / intercept {intercept:g} map stored values to "
+                                           f"[{lo:g}, {hi:g}], beyond what float32 processing can represent")
+    return mlut
 
 
 def stored_range(pm: PixelModule) -> tuple[int, int]:
@@ -125,6 +133,9 @@ def read_voi(ds: Any, pm: PixelModule, mlut: ModalityLUT, source: str, notes: li
             raise fail(source, "WindowWidth", f"{len(widths)} value(s) but WindowCenter has {len(centers)}")
         explanations = get_strs(ds, "WindowCenterWidthExplanation", source)
         for i, (c, w) in enumerate(zip(centers, widths)):
+            for keyword, value in (("WindowCenter", c), ("WindowWidth", w)):
+                if not abs(value) < FLOAT32_SAFE:
+                    raise fail(source, keyword, f"value {i} is {value:g}, beyond float32 processing range")
             # C.11.2.1.2.1: width >= 1 for LINEAR; C.11.2.1.3.2: > 0 for LINEAR_EXACT. SIGMOID has no
             # explicit bound in the standard; the kernel spec requires >= 1 as for LINEAR.
             bad = w <= 0 if function == "LINEAR_EXACT" else w < 1
