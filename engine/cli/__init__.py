@@ -20,6 +20,8 @@ def _root() -> None:
 _COMMAND_MODULES = [
     "engine.cli.info",
     "engine.cli.bench",
+    "engine.cli.build",
+    "engine.cli.inspect",
 ]
 
 

@@ -1,0 +1,59 @@
+"""`slicert build`: model.onnx | export folder | quantize folder -> one `.slicert` bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def build(
+        source: Path = typer.Argument(..., help="model.onnx, a `slicert export` folder or a `slicert quantize` folder."),
+        out: Path = typer.Option(..., "--out", "-o", help="Bundle file to write (e.g. model.slicert)."),
+        precision: str = typer.Option("best", "--precision",
+                                      help="fp32 | fp16 | int8 | mixed | best (every variant that passed its gate)."),
+        target: str = typer.Option("auto", "--target", help="cpu | tensorrt | auto (engines when a GPU is present)."),
+        meta: Optional[Path] = typer.Option(None, "--meta", help="model.json sidecar, when not next to the model."),
+        hardware_compat: str = typer.Option("none", "--hardware-compat",
+                                            help="TensorRT: none | ampere+ (one engine for every Ampere+ GPU) | "
+                                                 "same-cc."),
+        version_compatible: bool = typer.Option(False, "--version-compatible",
+                                                help="TensorRT: plan runs on later TensorRT via the lean runtime."),
+        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build for this DLA core (Jetson)."),
+        max_batch: int = typer.Option(1, "--max-batch", help="Largest batch the engines/verification cover."),
+        workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT workspace limit (MiB)."),
+        optimization_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0-5."),
+        timing_cache: Optional[Path] = typer.Option(None, "--timing-cache",
+                                                    help="TensorRT timing cache file to load and update."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing bundle file."),
+    ) -> None:
+        """Compile a model into one self-describing, checksummed bundle (.slicert)."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        from engine.bundle import build_bundle
+        from engine.errors import SliceRTError
+
+        console = Console()
+        try:
+            with console.status(escape(f"building {out} from {source} ...")):
+                report = build_bundle(source, out, precision=precision, target=target, meta=meta,
+                                      hardware_compat=hardware_compat, version_compatible=version_compatible,
+                                      dla_core=dla_core, max_batch=max_batch, force=force, workspace_mb=workspace_mb,
+                                      optimization_level=optimization_level, timing_cache=timing_cache)
+        except SliceRTError as exc:
+            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        size_kib = report.path.stat().st_size / 1024
+        console.print(f"[bold green]wrote[/] {escape(str(report.path))} ({size_kib:.1f} KiB)")
+        console.print(f"  variants: {', '.join(report.variants)}")
+        for v, why in report.excluded.items():
+            console.print(f"  [yellow]left out[/] {v}: {escape(why)}")
+        for e in report.engines:
+            console.print(escape(f"  engine: {e['plan']} ({e['device_name']}, TensorRT {e['trt_version']})"))
+        if report.engines_not_built:
+            console.print(escape(f"  no TensorRT engine: {report.engines_not_built}"))
+        for note in report.notes:
+            console.print(escape(f"  note: {note}"))
