@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "engine.cli.bench",
     "engine.cli.build",
     "engine.cli.inspect",
+    "tools.quantize.cli",
 ]
 
 

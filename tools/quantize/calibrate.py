@@ -6,6 +6,8 @@ reuses them, so all variants see identical scales.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +53,10 @@ def _collect(model_path: Path, x: np.ndarray, method: str, workdir: Path, percen
     extra = {"percentile": percentile} if method == "percentile" else {}
     cal = create_calibrator(model_path, None, augmented_model_path=str(workdir / f"augmented_{method}.onnx"),
                             calibrate_method=ort_method(method), extra_options=extra)
-    cal.collect_data(_Reader(x))
-    return cal.compute_data()
+    # ORT's histogram calibrators print progress to stdout; keep the CLI's stdout for results.
+    with contextlib.redirect_stdout(io.StringIO()):
+        cal.collect_data(_Reader(x))
+        return cal.compute_data()
 
 
 def calibrate(model_path: str | Path, x: np.ndarray, method: str, workdir: str | Path, *,

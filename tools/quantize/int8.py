@@ -31,20 +31,25 @@ TRT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
 
 
 def prepare_fp32(model: "onnx.ModelProto", out_path: str | Path) -> "onnx.ModelProto":
-    """ORT's recommended pre-processing (shape inference + basic, hardware-independent graph
-    optimizations: Conv+BatchNorm folding, constant folding), then unique node names."""
+    """ORT's basic, hardware-independent graph optimizations (Conv+BatchNorm folding, constant folding,
+    identity removal: what onnxruntime.quantization's pre-processing recommends), ONNX shape inference,
+    then unique node names. Written to `out_path` (a work folder: nothing lands in the CWD)."""
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from tools.quantize.graph import ensure_node_names
 
     out_path = Path(out_path)
-    src = out_path.with_name(out_path.stem + ".src.onnx")
-    ensure_node_names(model)
-    onnx.save(model, str(src))
-    with quiet_ort_logging():
-        quant_pre_process(str(src), str(out_path), skip_symbolic_shape=True)
-    prepped = onnx.load(str(out_path))
+    so_model = onnx.ModelProto()
+    so_model.CopyFrom(model)
+    ensure_node_names(so_model)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(out_path)
+    so.log_severity_level = 3
+    ort.InferenceSession(so_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    prepped = onnx.shape_inference.infer_shapes(onnx.load(str(out_path)))
     ensure_node_names(prepped)
     onnx.save(prepped, str(out_path))
     return prepped

@@ -1,0 +1,46 @@
+"""Find the dataset a toolchain export was trained on (model.json "dataset" card) and turn its calib/val/
+test splits into model inputs through the toolchain's engine.preprocess path, with the MODEL's spec."""
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import InputError
+from tools.quantize import data as data_mod
+
+
+def dataset_for_export(meta: dict[str, Any], *, chw: tuple, calib_n: int) -> data_mod.QuantDataset:
+    card = meta.get("dataset")
+    if not isinstance(card, dict) or not isinstance(card.get("name"), str):
+        raise InputError("model.json has no dataset card with a 'name'; pass dataset= (raw splits or a QuantDataset)")
+    from tools.data import _module, load_dataset
+
+    name, seed = card["name"], int(card.get("seed", 0))
+    fast_sizes = _module(name)["params"](True, seed)["sizes"]
+    fast = card.get("params", {}).get("sizes") == fast_sizes
+    ds = load_dataset(name, fast=fast, seed=seed)
+    if ds.task != meta["task"]:
+        raise InputError(f"dataset {name!r} is {ds.task}, model.json says {meta['task']}")
+    spec = meta["_spec"]
+    n_calib = len(ds.splits["calib"].images)
+    if n_calib < data_mod.MIN_CALIB_SLICES:
+        raise InputError(f"dataset {name!r} (fast={fast}) has {n_calib} calibration slices; the quantizer needs at "
+                         f"least {data_mod.MIN_CALIB_SLICES} from the calib split (never the test split)")
+    raw_calib = ds.splits["calib"].images[:calib_n]
+    calib = data_mod.calibration_split(_inputs(raw_calib, spec), chw, calib_n)
+    splits = {}
+    for split in ("val", "test"):
+        x = data_mod.check_inputs(ds.inputs(split, spec), chw, f"{split} split")
+        y = data_mod.check_targets(ds.targets(split, spec), len(x), ds.task, f"{split} split targets", len(ds.labels))
+        splits[split] = data_mod.Split(x=x, y=y, sha256=data_mod.hash_array(x))
+    prov = card.get("provenance", {})
+    synthetic = bool(prov.get("simulated")) or "synthetic" in str(prov).lower()
+    return data_mod.QuantDataset(calib=calib, val=splits["val"], test=splits["test"], provenance={
+        "dataset": name, "seed": seed, "fast": fast, "cache_key": card.get("cache_key"),
+        "description": prov.get("label") or f"{name}: real={prov.get('real')}; simulated={prov.get('simulated')}",
+        "synthetic": synthetic, "real": prov.get("real"), "simulated": prov.get("simulated")})
+
+
+def _inputs(images, spec):
+    from tools.data.inputs import model_inputs
+
+    return model_inputs(images, spec)
