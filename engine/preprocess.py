@@ -96,7 +96,9 @@ def source_view(x: np.ndarray, spec: PreprocessSpec, frame: int | None = None) -
     frame_ndim = 3 if grey else 4
     if x.ndim == frame_ndim:
         if frame is None:
-            raise InputError(f"input of shape {x.shape} holds {x.shape[0]} frames: pass frame=<index>")
+            hint = " or use in_channels=3 for (H, W, 3) RGB" if grey and x.shape[-1] == 3 else ""
+            raise InputError(f"input of shape {x.shape} is {x.ndim}-D with in_channels={spec.in_channels}: "
+                             f"pass frame=<index> if it holds {x.shape[0]} frames{hint}")
         if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not -x.shape[0] <= frame < x.shape[0]:
             raise InputError(f"frame {frame!r} is out of range for {x.shape[0]} frames")
         x = x[int(frame)]

@@ -46,7 +46,8 @@ def voi(v: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         out[v > c + w / 2] = hi
         return out
     if f == "sigmoid":  # PS3.3 C.11.2.1.3.1
-        return (hi - lo) / (1 + np.exp(-4 * (v - c) / w)) + lo
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> exactly lo, as the formula says
+            return (hi - lo) / (1 + np.exp(-4 * (v - c) / w)) + lo
     if f == "lut":
         entries = lut_lookup(v, spec.voi_lut, spec.voi_lut_first_mapped)
         return lo + entries / (2 ** spec.voi_lut_bits - 1) * (hi - lo)
@@ -111,12 +112,16 @@ def reference(x: np.ndarray, spec: PreprocessSpec, frame: int | None = None, *,
     content = plane[top:top + ch, left:left + cw]
     if spec.normalize == "fixed":
         plane = (plane - np.asarray(spec.mean)) / np.asarray(spec.std)
-    elif spec.normalize == "zscore":
-        sd = content.std()
-        plane = (plane - content.mean()) / (sd if sd > 0 else 1.0)
-    elif spec.normalize == "minmax":
+    elif spec.normalize in ("zscore", "minmax"):
         lo, hi = content.min(), content.max()
-        plane = (plane - lo) / (hi - lo if hi > lo else 1.0)
+        # A spread within float32 noise of the values (or of the output range) counts as a flat image:
+        # the whole plane becomes 0.
+        if hi - lo <= 1e-6 * max(abs(lo), abs(hi), spec.output_max - spec.output_min):
+            plane = np.zeros_like(plane)
+        elif spec.normalize == "zscore":
+            plane = (plane - content.mean()) / content.std()
+        else:
+            plane = (plane - lo) / (hi - lo)
     out = plane[None] if spec.layout == "NHWC" else plane.transpose(2, 0, 1)[None]
     return out
 
