@@ -135,12 +135,16 @@ def _plain(data: Any, n: int, bits: int, little: bool, source: str, keyword: str
 
 
 def _segmented(data: Any, n: int, bits: int, little: bool, source: str, keyword: str) -> np.ndarray:
+    # C.7.9.2: segment opcodes, lengths and values are all entries of the LUT's own size: 8-bit
+    # units for 8-bit LUTs, 16-bit words for 16-bit LUTs.
+    unit = 1 if bits == 8 else 2
     if isinstance(data, (bytes, bytearray)):
-        words = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2").astype(np.int64)
+        dtype = np.uint8 if unit == 1 else ("<u2" if little else ">u2")
+        units = np.frombuffer(data[: len(data) // unit * unit], dtype=dtype).astype(np.int64)
     else:
-        words = np.asarray(list(data), dtype=np.int64)
+        units = np.asarray(list(data), dtype=np.int64)
     try:
-        table = _expand_segments(words, n)
+        table = _expand_segments(units, n, unit, little)
     except (IndexError, ValueError) as exc:
         raise fail(source, keyword, f"invalid segmented LUT (PS3.3 C.7.9.2): {exc}") from exc
     if table.size < n:
@@ -148,9 +152,9 @@ def _segmented(data: Any, n: int, bits: int, little: bool, source: str, keyword:
     return table[:n].astype(np.uint16)
 
 
-def _expand_segments(words: np.ndarray, n_entries: int, max_segments: int | None = None,
+def _expand_segments(units: np.ndarray, n_entries: int, unit: int, little: bool, max_segments: int | None = None,
                      previous: float | None = None, depth: int = 0) -> np.ndarray:
-    """PS3.3 C.7.9.2 segment opcodes: 0 discrete, 1 linear, 2 indirect (16-bit words)."""
+    """PS3.3 C.7.9.2 segment opcodes: 0 discrete, 1 linear, 2 indirect."""
     if depth > 8:
         raise ValueError("indirect segments nest too deeply")
     out: list[np.ndarray] = []
@@ -158,34 +162,39 @@ def _expand_segments(words: np.ndarray, n_entries: int, max_segments: int | None
     pos = 0
     segments = 0
     last = previous
-    while pos + 1 < len(words) and size < n_entries * 2:
-        opcode, length = int(words[pos]), int(words[pos + 1])
+    offset_units = 4 if unit == 1 else 2  # the 32-bit byte offset of an indirect segment
+    while pos + 1 < len(units) and size < n_entries * 2:
+        opcode, length = int(units[pos]), int(units[pos + 1])
         pos += 2
         if opcode == 0:  # C.7.9.2.1 discrete: `length` literal values
-            seg = words[pos:pos + length]
+            seg = units[pos:pos + length]
             if seg.size != length:
-                raise ValueError(f"discrete segment at word {pos - 2} runs past the data")
+                raise ValueError(f"discrete segment at entry {pos - 2} runs past the data")
             pos += length
         elif opcode == 1:  # C.7.9.2.2 linear: from the previous value to y1 over `length` entries
             if last is None:
                 raise ValueError("a linear segment cannot come first")
-            if pos >= len(words):
+            if pos >= len(units):
                 raise ValueError("linear segment runs past the data")
-            y1 = float(words[pos])
+            y1 = float(units[pos])
             pos += 1
             # Same interpolation and rounding as pydicom (and DCMTK): y0 excluded, y1 included.
             step = (y1 - last) / max(length, 1)
             seg = np.around(np.linspace(last + step, y1, length)).astype(np.int64)
-        elif opcode == 2:  # C.7.9.2.3 indirect: replay `length` segments starting at a word offset
+        elif opcode == 2:  # C.7.9.2.3 indirect: replay `length` segments starting at a byte offset
             if last is None:
                 raise ValueError("an indirect segment cannot come first")
-            if pos + 1 >= len(words):
+            raw_offset = units[pos:pos + offset_units]
+            if raw_offset.size != offset_units:
                 raise ValueError("indirect segment runs past the data")
-            offset = (int(words[pos + 1]) << 16 | int(words[pos])) // 2  # byte offset -> word index
-            pos += 2
-            seg = _expand_segments(words[offset:], n_entries, length, last, depth + 1)
+            pos += offset_units
+            if unit == 1:
+                byte_offset = int.from_bytes(bytes(int(v) for v in raw_offset), "little" if little else "big")
+            else:
+                byte_offset = int(raw_offset[1]) << 16 | int(raw_offset[0])  # least significant word first
+            seg = _expand_segments(units[byte_offset // unit:], n_entries, unit, little, length, last, depth + 1)
         else:
-            raise ValueError(f"unknown segment opcode {opcode} at word {pos - 2}")
+            raise ValueError(f"unknown segment opcode {opcode} at entry {pos - 2}")
         if seg.size:
             out.append(seg)
             size += seg.size
