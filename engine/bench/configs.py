@@ -117,14 +117,19 @@ class SessionConfig:
     """`engine.load(bundle, **load_kwargs)` then `Session.run(input)` per step; stages from Result.timings_ms."""
 
     def __init__(self, name: str, bundle: Path, input: Any = None, *, inputs: Any = None,
-                 load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None):
+                 load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None, batch: int = 1):
         from engine.bench.runner import InputCycle
 
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch must be an integer >= 1, got {batch!r}")
         self.name = name
         self.bundle = Path(bundle)
         self._inputs = InputCycle(input, inputs)
         self.load_kwargs = dict(load_kwargs or {})
-        self.items_per_call = 1
+        if batch > 1:
+            self.load_kwargs.setdefault("max_batch", batch)
+        self.batch = batch
+        self.items_per_call = batch
         self.meta: dict[str, Any] = {"bundle": self.bundle.name, "load_kwargs": self.load_kwargs, **(meta or {})}
         self.session: Any = None
         self.last_result: Any = None
@@ -139,7 +144,11 @@ class SessionConfig:
                                                                                         type(None), list))}
 
     def step(self) -> dict[str, int]:
-        r = self.session.run(self._inputs.next())
+        if self.batch == 1:
+            r = self.session.run(self._inputs.next())
+        else:
+            # run_batch: every Result of a batch carries the whole batch's stage times.
+            r = self.session.run_batch([self._inputs.next() for _ in range(self.batch)])[0]
         self.last_result = r
         # The session's own "total" is dropped: the runner's wall clock around run() is the total, and
         # "other" then shows what Session.run costs beyond its stages.

@@ -133,38 +133,44 @@ _COLS = ("p50", "p90", "p99", "p99_9", "max", "mean", "std")
 
 
 def render_table(run: BenchmarkRun, *, reference: str | None = None, console: Any = None) -> None:
-    """Print the per-stage latency table, the per-configuration summary and the comparisons."""
+    """Print one per-stage latency table per configuration, the per-configuration summary and the comparisons."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
-    lat = Table(title=f"Latency (ms) — n={run.settings.get('n')} per configuration, "
-                      f"warm-up {run.settings.get('warmup')}, {run.settings.get('schedule')}")
-    lat.add_column("configuration", style="bold", no_wrap=True)
-    lat.add_column("stage", no_wrap=True)
-    for col in _COLS:
-        lat.add_column(col.replace("_", "."), justify="right")
-    lat.add_column("p99/p50", justify="right")
-    summary = Table(title="Per configuration")
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped to a file or CI log: never truncate numbers to 80 columns
+            console.width = max(console.width, 130)
+    n, warmup, schedule = run.settings.get("n"), run.settings.get("warmup"), run.settings.get("schedule")
+    for c in run.configurations:
+        stats = c.stats()
+        lat = Table(title=f"{c.name}: latency per call (ms), n={n}, warm-up {warmup} excluded, {schedule}",
+                    box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        lat.add_column("stage", no_wrap=True)
+        for col in _COLS:
+            lat.add_column(col.replace("_", "."), justify="right", no_wrap=True)
+        lat.add_column("p99/p50", justify="right", no_wrap=True)
+        for s in _series_order(c, stats):
+            st = stats[s]
+            jit = st["jitter_p99_p50"]
+            lat.add_row(s, *(fmt_ms(st[k]) for k in _COLS), f"{jit:.2f}" if jit is not None else "-",
+                        style="bold" if s == TOTAL else None)
+        console.print(lat)
+    summary = Table(title="Per configuration", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for col in ("configuration", "items/s", "cold start ms", "load ms", "1st call ms", "RSS MiB", "peak MiB"):
         summary.add_column(col, justify="left" if col == "configuration" else "right")
     for c in run.configurations:
-        stats = c.stats()
-        for i, s in enumerate(_series_order(c, stats)):
-            st = stats[s]
-            jit = st["jitter_p99_p50"]
-            lat.add_row(c.name if i == 0 else "", s, *(fmt_ms(st[k]) for k in _COLS),
-                        f"{jit:.2f}" if jit is not None else "-", end_section=(s == _series_order(c, stats)[-1]))
-        tp = stats[TOTAL]["throughput_per_s"]
+        tp = c.stats()[TOTAL]["throughput_per_s"]
         summary.add_row(c.name, f"{tp:.1f}" if tp else "-", fmt_ms(c.cold_start_ms), fmt_ms(c.load_ms),
                         fmt_ms(c.first_inference_ms),
                         f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-",
                         f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-")
-    console.print(lat)
     console.print(summary)
     comps = run.comparisons(reference)
     if comps:
-        cmp_t = Table(title="Speed-up vs reference (total latency)")
+        cmp_t = Table(title="Speed-up vs reference (total latency; > 1 = faster)", box=box.SIMPLE_HEAD,
+                      title_justify="left", pad_edge=False)
         for col in ("configuration", "reference", "p50 ratio", "paired median [95% CI]"):
             cmp_t.add_column(col, justify="left" if col in ("configuration", "reference") else "right")
         for e in comps:

@@ -42,8 +42,6 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         raise InputError(f"{len(bundles)} bundles given: pass --compare to benchmark them interleaved in one process")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"--batch must be an integer >= 1, got {batch!r}")
-    if batch != 1:
-        raise InputError("--batch > 1 is not supported by this Session API yet: Session.run takes one input")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
     outputs = [(p, w) for p, w in ((json_out, "JSON report"), (md_out, "Markdown report"), (plot_out, "plot")) if p]
@@ -60,6 +58,8 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
     for text in bundles:
         path, kwargs, name = cfgmod.parse_config_spec(text)
         cfgmod.check_bundle_path(path)
+        if name is None:  # label from the per-configuration options only (global ones apply to all)
+            name = path.stem + ("" if not kwargs else "[" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "]")
         if backend is not None:
             kwargs.setdefault("backend", backend)
         if threads is not None:
@@ -67,12 +67,10 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         cfgmod.check_load_kwargs(text, kwargs)
         in_channels = _bundle_in_channels(path)
         x, in_meta = cfgmod.parse_input(input, in_channels=in_channels)
-        if name is None:
-            name = path.stem + ("" if not kwargs else "[" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "]")
         if name in names:
             raise InputError(f"two configurations are both named {name!r}: add name=LABEL to one of them")
         names.add(name)
-        configs.append(cfgmod.SessionConfig(name, path, x, load_kwargs=kwargs, meta=in_meta))
+        configs.append(cfgmod.SessionConfig(name, path, x, load_kwargs=kwargs, meta=in_meta, batch=batch))
     if reference is not None and reference not in names:
         raise InputError(f"--reference {reference!r} is not one of the configurations {sorted(names)}")
 

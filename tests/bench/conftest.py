@@ -49,3 +49,29 @@ def numpy_tiny_classifier(x: np.ndarray, m: dict) -> np.ndarray:
         out[:, o] += m["b"][o]
     g = np.maximum(out, 0).mean(axis=(2, 3))
     return g @ m["fc"].T.astype(np.float64) + m["fcb"]
+
+
+TINY_SIDE = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_classifier_onnx, tmp_path_factory):
+    """A real .slicert bundle (CPU target, fp32) of the tiny classifier, built with engine.bundle.build_bundle."""
+    import json
+    import shutil
+
+    from engine.bundle import build_bundle
+    from engine.spec import PreprocessSpec
+
+    folder = tmp_path_factory.mktemp("export")
+    shutil.copy(tiny_classifier_onnx["path"], folder / "model.onnx")
+    spec = PreprocessSpec(out_height=TINY_SIDE, out_width=TINY_SIDE, voi_function="linear", window_center=2048.0,
+                          window_width=4096.0, resize="area", normalize="fixed", mean=(0.5,), std=(0.25,))
+    meta = {"name": "tiny-bench-classifier", "task": "classification", "labels": ["a", "b", "c"],
+            "preprocess": spec.to_dict(), "voi_policy": "model",
+            "dataset": {"name": "synthetic test fixture", "real_data": False}, "metrics": {},
+            "onnx_max_abs_err": 0.0, "source_sha256": "0" * 64}
+    (folder / "model.json").write_text(json.dumps(meta))
+    out = tmp_path_factory.mktemp("bundle") / "tiny.slicert"
+    build_bundle(folder, out, target="cpu", precision="fp32")
+    return out

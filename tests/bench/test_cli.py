@@ -97,3 +97,75 @@ def test_parse_input_synthetic_and_files(tmp_path):
     for bad in ("synthetic:64", "synthetic:0x4", "synthetic:axb", str(tmp_path / "missing.dcm")):
         with pytest.raises(InputError):
             parse_input(bad)
+
+
+# -- end to end on a real bundle (engine.load + Session.run on ONNX Runtime) --------------------------
+def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
+    import json
+
+    from engine.bench import report
+
+    out_json, out_md, out_png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
+    r = cli(tiny_bundle, "--input", "synthetic:200x180", "--n", "30", "--warmup", "3", "--threads", "1",
+            "--json", out_json, "--md", out_md, "--plot", out_png)
+    assert r.exit_code == 0, r.output
+    assert "p99.9" in r.output and "preprocess" in r.output  # the table went to the terminal
+    d = json.loads(out_json.read_text())
+    c = d["configurations"][0]
+    assert c["stages"] == ["decode", "preprocess", "h2d", "infer", "d2h", "postprocess"]
+    assert len(c["samples_ns"]["total"]) == 30 and c["stats_ms"]["total"]["n"] == 30
+    assert c["meta"]["session_info"]["backend"] == "onnxruntime"
+    assert c["meta"]["input_shape"] == [200, 180] and "not a real image" in c["meta"]["input"]
+    assert c["cold_start_ms"] >= c["first_inference_ms"] > 0
+    assert d["settings"]["threads"] == 1
+    assert report.read_json(out_json).configurations[0].stats() == c["stats_ms"]
+    assert "| tiny | total |" in out_md.read_text()
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    # A second run must not overwrite the results...
+    before = out_json.read_bytes()
+    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json)
+    assert r.exit_code == 2 and "OutputExists" in r.output and out_json.read_bytes() == before
+    # ... unless asked to.
+    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--force")
+    assert r.exit_code == 0 and json.loads(out_json.read_text())["settings"]["n"] == 2
+
+
+def test_cli_compare_interleaves_configurations(cli, tiny_bundle, tmp_path):
+    import json
+
+    out = tmp_path / "c.json"
+    r = cli("--compare", f"{tiny_bundle}:threads=1,name=one", f"{tiny_bundle}:threads=2,name=two",
+            "--input", "synthetic:64x64", "--n", "20", "--warmup", "2", "--json", out, "--reference", "two")
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert [c["name"] for c in d["configurations"]] == ["one", "two"]
+    assert d["configurations"][0]["meta"]["load_kwargs"] == {"threads": 1}
+    assert d["comparisons"][0]["name"] == "one" and d["comparisons"][0]["reference"] == "two"
+    assert d["comparisons"][0]["paired_speedup"]["n"] == 20
+
+
+def test_cli_batch_and_dicom_input(cli, tiny_bundle, tmp_path):
+    import json
+
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm", download=False)
+    out = tmp_path / "b.json"
+    r = cli(tiny_bundle, "--input", path, "--batch", "2", "--n", "5", "--warmup", "1", "--json", out)
+    assert r.exit_code == 0, r.output
+    c = json.loads(out.read_text())["configurations"][0]
+    assert c["items_per_call"] == 2 and c["meta"]["load_kwargs"]["max_batch"] == 2
+    assert "DICOM file CT_small.dcm" in c["meta"]["input"]
+    assert min(c["samples_ns"]["decode"]) > 0  # the file is decoded on every call
+
+
+def test_cli_unknown_load_option(cli, tiny_bundle):
+    r = cli(f"{tiny_bundle}:colour=blue")
+    assert r.exit_code == 2 and "unknown option" in r.output and "threads" in r.output
+
+
+def test_cli_corrupt_bundle_is_bundle_error(cli, tmp_path):
+    bad = tmp_path / "bad.slicert"
+    bad.write_bytes(b"not a zip at all" * 10)
+    r = cli(bad, "--n", "1")
+    assert r.exit_code == 2 and "BundleError" in r.output
