@@ -126,7 +126,13 @@ def fmt_ms(v: float | None) -> str:
 
 
 def _series_order(c: ConfigResult, stats: dict[str, Any]) -> list[str]:
-    return [TOTAL] + c.stages + ([OTHER] if OTHER in stats else [])
+    """Series shown in tables: total, the stages that took time, other. Stages that are 0 on every
+    call (h2d/d2h on a CPU backend, decode of an in-memory array) stay in the JSON but are not shown."""
+    return [TOTAL] + [s for s in c.stages if s not in _idle_stages(c)] + ([OTHER] if OTHER in stats else [])
+
+
+def _idle_stages(c: ConfigResult) -> list[str]:
+    return [s for s in c.stages if not np.any(c.samples_ns[s])]
 
 
 _COLS = ("p50", "p90", "p99", "p99_9", "max", "mean", "std")
@@ -156,10 +162,14 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
             jit = st["jitter_p99_p50"]
             lat.add_row(s, *(fmt_ms(st[k]) for k in _COLS), f"{jit:.2f}" if jit is not None else "-",
                         style="bold" if s == TOTAL else None)
+        idle = _idle_stages(c)
+        if idle:
+            lat.caption = f"0 on every call (not shown): {', '.join(idle)}"
+            lat.caption_justify = "left"
         console.print(lat)
     summary = Table(title="Per configuration", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for col in ("configuration", "items/s", "cold start ms", "load ms", "1st call ms", "RSS MiB", "peak MiB"):
-        summary.add_column(col, justify="left" if col == "configuration" else "right")
+        summary.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
         summary.add_row(c.name, f"{tp:.1f}" if tp else "-", fmt_ms(c.cold_start_ms), fmt_ms(c.load_ms),
@@ -215,6 +225,10 @@ def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str =
             jit = st["jitter_p99_p50"]
             jit_txt = f"{jit:.2f}" if jit is not None else "-"
             lines.append(f"| {c.name} | {s_name} | " + " | ".join(fmt_ms(st[k]) for k in _COLS) + f" | {jit_txt} |")
+    idle = {c.name: _idle_stages(c) for c in run.configurations if _idle_stages(c)}
+    if idle:
+        lines += ["", "Stages that were 0 on every call (not shown): "
+                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in idle.items()) + "."]
     lines += ["", "## Per configuration", "",
               "| configuration | throughput/s | cold start ms | load ms | first inference ms | RSS after load MiB | "
               "peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -277,7 +291,7 @@ def write_plot(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool =
     names = [c.name for c in run.configurations]
     stage_names: list[str] = []
     for c in run.configurations:
-        for s in c.stages + [OTHER]:
+        for s in [*(x for x in c.stages if x not in _idle_stages(c)), OTHER]:
             if s not in stage_names:
                 stage_names.append(s)
     left = np.zeros(len(names))

@@ -119,7 +119,11 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
     assert c["cold_start_ms"] >= c["first_inference_ms"] > 0
     assert d["settings"]["threads"] == 1
     assert report.read_json(out_json).configurations[0].stats() == c["stats_ms"]
-    assert "| tiny | total |" in out_md.read_text()
+    md = out_md.read_text()
+    assert "| tiny | total |" in md and "| tiny | preprocess |" in md
+    # A raw array needs no decoding and the CPU has no h2d/d2h: kept (as zeros) in the JSON, not in tables.
+    assert "| tiny | decode |" not in md and "tiny: decode, h2d, d2h" in md
+    assert set(c["samples_ns"]["decode"]) == {0}
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     # A second run must not overwrite the results...
     before = out_json.read_bytes()

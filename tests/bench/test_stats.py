@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.bench.stats import PERCENTILES, STAT_KEYS, paired_ratio, percentile_sorted, summarize
+from engine.bench.stats import PERCENTILES, STAT_KEYS, paired_difference, paired_ratio, percentile_sorted, summarize
 from engine.errors import InputError
 
 
@@ -73,3 +73,15 @@ def test_paired_ratio_rejects_unpaired():
         paired_ratio([1.0, 2.0], [1.0])
     with pytest.raises(InputError, match="0 ms"):
         paired_ratio([1.0, 2.0], [1.0, 0.0])
+
+
+def test_paired_difference_recovers_fixed_overhead_under_drift(rng):
+    n = 600
+    base = 2.0 * (1 + 3 * (rng.random(n) < 0.2))  # bursts of a busy neighbour hit both members of a round
+    bare = base + rng.normal(0, 0.001, n)
+    wrapped = base + 0.025 + rng.normal(0, 0.001, n)  # 25 us of wrapper overhead
+    d = paired_difference(wrapped, bare, seed=2)
+    assert d["median"] == pytest.approx(0.025, abs=0.0005)
+    assert d["ci95"][0] <= d["median"] <= d["ci95"][1] and d["ci95"][1] - d["ci95"][0] < 0.001
+    with pytest.raises(InputError):
+        paired_difference([1.0], [1.0, 2.0])
