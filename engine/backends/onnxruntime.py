@@ -90,17 +90,18 @@ class OnnxRuntimeBackend(Backend):
         entry = self.bundle.variants[self.variant]
         ort_meta = self.bundle.manifest.get("ort") or {}
         member = entry.get("ort")
+        source = entry.get("onnx_cpu") or entry["onnx"]  # the CPU Q/DQ form when the quantizer made one
         if self.options.get("use_optimized", True) is False:
-            return entry["onnx"], False, "optimized model disabled by the caller"
+            return source, False, "optimized model disabled by the caller"
         if not member:
-            return entry["onnx"], False, "the bundle has no ORT-optimized model for this variant (built for TensorRT)"
+            return source, False, "the bundle has no ORT-optimized model for this variant (built for TensorRT)"
         if ort_meta.get("version") != ort_version():
-            return entry["onnx"], False, (f"ORT-optimized model was made with onnxruntime {ort_meta.get('version')}, "
-                                          f"this is {ort_version()}: optimizing the ONNX model at load instead")
+            return source, False, (f"ORT-optimized model was made with onnxruntime {ort_meta.get('version')}, "
+                                   f"this is {ort_version()}: optimizing the ONNX model at load instead")
         built_flags = ort_meta.get("cpu_flags")
         if built_flags is not None and sorted(built_flags) != sorted(cpu_flags()):
-            return entry["onnx"], False, (f"ORT-optimized model was made on a CPU with {built_flags}, this CPU has "
-                                          f"{cpu_flags()}: optimizing the ONNX model at load instead")
+            return source, False, (f"ORT-optimized model was made on a CPU with {built_flags}, this CPU has "
+                                   f"{cpu_flags()}: optimizing the ONNX model at load instead")
         return member, True, "ORT-optimized model (same onnxruntime version and CPU features as the build)"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -118,7 +119,8 @@ class OnnxRuntimeBackend(Backend):
             if not optimized:
                 raise BundleError(f"onnxruntime cannot load bundle member {member!r}: {exc}") from exc
             why = f"ORT-optimized model failed to load here ({str(exc).splitlines()[0]}); using the ONNX model"
-            member, optimized = self.bundle.variants[self.variant]["onnx"], False
+            entry = self.bundle.variants[self.variant]
+            member, optimized = entry.get("onnx_cpu") or entry["onnx"], False
             sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
                                         providers=[self.provider])
         self._sess = sess

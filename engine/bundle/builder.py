@@ -101,7 +101,16 @@ def _check_against_meta(sig: dict[str, Any], src: ModelSource, label: str) -> No
 
 def _select_variants(src: ModelSource, precision: str) -> tuple[list[str], dict[str, str], dict[str, dict]]:
     """(variants to bundle, excluded variant -> reason, gate record per variant)."""
-    gates = {v: dict(zip(("passed", "detail"), gate_status(src.accuracy_report, v))) for v in src.onnx}
+    gates: dict[str, dict[str, Any]] = {}
+    for v in src.onnx:
+        forms = {"tensorrt": gate_status(src.accuracy_report, v, "tensorrt")}
+        if v in src.onnx_cpu:
+            forms["onnxruntime"] = gate_status(src.accuracy_report, v, "onnxruntime")
+        states = [p for p, _ in forms.values()]
+        passed = False if False in states else (True if all(p is True for p in states) else None)
+        detail = "; ".join(dict.fromkeys(d for _, d in forms.values()))
+        gates[v] = {"passed": passed, "detail": detail,
+                    "forms": {k: {"passed": p, "detail": d} for k, (p, d) in forms.items()}}
     if precision != "best":
         if precision not in src.onnx:
             raise InputError(f"--precision {precision}: no {precision} model in the source (found "
@@ -171,7 +180,7 @@ def build_bundle(source: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
 
     src = resolve_source(source, meta)
     signatures = {}
-    for v, path in src.onnx.items():
+    for v, path in [*src.onnx.items(), *((f"{v} (CPU form)", p) for v, p in src.onnx_cpu.items())]:
         sig = _io_signature(path.read_bytes(), f"{path.name}")
         _check_against_meta(sig, src, path.name)
         signatures[v] = sig
@@ -212,11 +221,17 @@ def build_bundle(source: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
                                  "source_sha256": sha256_bytes(onnx_bytes), "opset": signatures[v]["opset"],
                                  "accuracy_gate": gates[v]}
         members[fmt.onnx_member(v)] = onnx_bytes
+        cpu_bytes, cpu_name = onnx_bytes, src.onnx[v].name
+        if v in src.onnx_cpu:
+            cpu_bytes, cpu_name = src.onnx_cpu[v].read_bytes(), src.onnx_cpu[v].name
+            members[fmt.onnx_cpu_member(v)] = cpu_bytes
+            entry["onnx_cpu"] = fmt.onnx_cpu_member(v)
+            entry["onnx_cpu_source_file"] = cpu_name
         if build_cpu:
             from engine.bundle.ort_build import optimize_for_cpu
 
-            optimized, verify = optimize_for_cpu(onnx_bytes, max_batch=max_batch, threads=build_threads,
-                                                 label=f"{v} model ({src.onnx[v].name})")
+            optimized, verify = optimize_for_cpu(cpu_bytes, max_batch=max_batch, threads=build_threads,
+                                                 label=f"{v} model ({cpu_name})")
             members[fmt.ort_member(v)] = optimized
             entry["ort"] = fmt.ort_member(v)
             entry["ort_verification"] = verify

@@ -8,8 +8,9 @@ of the plan.
 
 Layout (schema version 1):
     manifest.json                                  this schema; sha256 + size of every other member
-    onnx/model.<variant>.onnx                      variant in VARIANTS
-    ort/model.<variant>.ort.onnx                   ONNX Runtime graph optimized offline (ORT_ENABLE_ALL)
+    onnx/model.<variant>.onnx                      variant in VARIANTS (TensorRT Q/DQ form when quantized)
+    onnx/model.<variant>.cpu.onnx                  ONNX Runtime CPU Q/DQ form of a quantized variant
+    ort/model.<variant>.ort.onnx                   the CPU model optimized offline (ORT_ENABLE_ALL)
     engines/trt-<major.minor>/<key>.<variant>.plan key = sm_<cc> | ampere+ (hardware-compatible)
     engines/trt-<major.minor>/<key>.<variant>.timing.cache | .build.log | .layers.json
     reports/accuracy_report.json                   the quantizer's report, verbatim (when given)
@@ -46,6 +47,11 @@ _MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*(/[A-Za-z0-9][A-Za-z0-9._
 
 def onnx_member(variant: str) -> str:
     return f"onnx/model.{variant}.onnx"
+
+
+def onnx_cpu_member(variant: str) -> str:
+    """The ONNX Runtime CPU form of a quantized variant (UINT8 activations), when it differs."""
+    return f"onnx/model.{variant}.cpu.onnx"
 
 
 def ort_member(variant: str) -> str:
@@ -151,7 +157,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     for variant, entry in variants.items():
         if variant not in VARIANTS:
             raise BundleError(f"manifest.json: unknown variant {variant!r} (known: {VARIANTS})")
-        for key in ("onnx", "ort"):
+        for key in ("onnx", "onnx_cpu", "ort"):
             member = entry.get(key) if isinstance(entry, dict) else None
             if member is not None and member not in members:
                 raise BundleError(f"manifest.json: variants.{variant}.{key} names {member!r}, "

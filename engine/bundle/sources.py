@@ -19,6 +19,10 @@ from engine.spec import PreprocessSpec
 
 _VARIANT_FILES = {"fp32": ("model.fp32.onnx", "model.onnx"), "fp16": ("model.fp16.onnx",),
                   "int8": ("model.int8.onnx",), "mixed": ("model.mixed.onnx",)}
+# The quantizer writes two Q/DQ forms of one calibration (contract 6): model.<v>.onnx follows
+# TensorRT's explicit-quantization rules (INT8 activations, zero point 0); model.<v>.ort.onnx is the
+# ONNX Runtime CPU form (UINT8 activations, integer kernels). The CPU backend runs the latter.
+_CPU_FORM_FILES = {"int8": "model.int8.ort.onnx", "mixed": "model.mixed.ort.onnx"}
 _REPORT_NAMES = ("accuracy_report.json",)
 # Keys under which a quantizer report may point back at the export it started from.
 _REPORT_EXPORT_KEYS = ("export_dir", "source_dir", "source", "model_dir")
@@ -28,7 +32,8 @@ _REPORT_EXPORT_KEYS = ("export_dir", "source_dir", "source", "model_dir")
 class ModelSource:
     """Resolved inputs of one bundle build."""
 
-    onnx: dict[str, Path]  # variant -> ONNX file
+    onnx: dict[str, Path]  # variant -> ONNX file (TensorRT form for quantized variants)
+    onnx_cpu: dict[str, Path]  # variant -> ONNX Runtime CPU form, where the quantizer wrote a separate one
     meta: dict[str, Any]  # the model.json sidecar
     meta_path: Path | None
     accuracy_report: dict[str, Any] | None = None
@@ -84,6 +89,10 @@ def _variants_in(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _cpu_forms_in(folder: Path) -> dict[str, Path]:
+    return {v: folder / name for v, name in _CPU_FORM_FILES.items() if (folder / name).is_file()}
+
+
 def _export_dir_from_report(report: dict[str, Any], base: Path) -> Path | None:
     for key in _REPORT_EXPORT_KEYS:
         value = report.get(key)
@@ -108,11 +117,20 @@ def resolve_source(source: "str | Path", meta: "str | Path | None" = None) -> Mo
             raise InputError(f"{src}: expected an .onnx model or a toolchain/quantizer output folder")
         variant = next((v for v, names in _VARIANT_FILES.items() if src.name in names), "fp32")
         onnx = {variant: src}
+        onnx_cpu: dict[str, Path] = {}
         folder = src.parent
         candidates = [folder / "model.json", src.with_suffix(".json")]
     elif src.is_dir():
         folder = src
         onnx = _variants_in(folder)
+        onnx_cpu = {}
+        for v, p in _cpu_forms_in(folder).items():
+            if v in onnx:
+                onnx_cpu[v] = p
+            else:
+                onnx[v] = p
+                notes.append(f"{v}: only the ONNX Runtime form {p.name} exists; a TensorRT engine would need "
+                             f"model.{v}.onnx (TensorRT's Q/DQ rules)")
         for name in _REPORT_NAMES:
             if (folder / name).is_file():
                 report_path = folder / name
@@ -147,24 +165,26 @@ def resolve_source(source: "str | Path", meta: "str | Path | None" = None) -> Mo
     if not onnx:
         raise InputError(f"no ONNX model in {src} (expected one of "
                          f"{sorted({n for names in _VARIANT_FILES.values() for n in names})})")
-    return ModelSource(onnx=onnx, meta=meta_dict, meta_path=meta_path, accuracy_report=report,
+    return ModelSource(onnx=onnx, onnx_cpu=onnx_cpu, meta=meta_dict, meta_path=meta_path, accuracy_report=report,
                        accuracy_report_path=report_path, notes=notes)
 
 
-def gate_status(report: dict[str, Any] | None, variant: str) -> tuple[bool | None, str]:
+def gate_status(report: dict[str, Any] | None, variant: str, form: str = "tensorrt") -> tuple[bool | None, str]:
     """(passed, detail) of a variant's accuracy gate in the quantizer's report; None when not stated.
 
-    FP32 is the reference and always passes. The report format is the quantizer's (contract 6); the
-    fields looked at are documented there: variants.<name>.passed (bool), .accepted_loss (bool),
-    .reason (str).
+    FP32 is the reference and always passes. Report fields read (contract 6, tools/quantize):
+    variants.<name>.passed (bool), .accepted_loss (bool), .reason (str); the ONNX Runtime CPU form of a
+    quantized variant is reported as variants.<name>_ort.
     """
     if variant == "fp32":
         return True, "reference model"
     if report is None:
         return None, "no accuracy report given"
-    entry = report.get("variants", {}).get(variant) if isinstance(report.get("variants"), dict) else None
+    key = f"{variant}_ort" if form == "onnxruntime" else variant
+    variants = report.get("variants") if isinstance(report.get("variants"), dict) else {}
+    entry = variants.get(key)
     if not isinstance(entry, dict):
-        return None, f"accuracy report has no entry for {variant}"
+        return None, f"accuracy report has no entry for {key}"
     passed = entry.get("passed", entry.get("gate_passed"))
     if isinstance(passed, bool):
         accepted = bool(entry.get("accepted_loss", False))
@@ -172,4 +192,4 @@ def gate_status(report: dict[str, Any] | None, variant: str) -> tuple[bool | Non
         if not passed and accepted:
             return True, f"outside budget, loss accepted by the user ({reason})".rstrip(" ()")
         return passed, reason or ("within budget" if passed else "outside budget")
-    return None, f"accuracy report entry for {variant} states no pass/fail"
+    return None, f"accuracy report entry for {key} states no pass/fail"

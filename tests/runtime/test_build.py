@@ -28,10 +28,16 @@ def test_quantize_folder_bundles_every_passing_variant(cls_bundle, model_dirs):
         for v, e in m["variants"].items():
             assert b.has(e["onnx"]) and b.has(e["ort"])
             assert e["ort_verification"]["max_abs_err_vs_source"] <= 1e-4
+            assert e["accuracy_gate"]["passed"] is True
             # The bundled ONNX is byte-identical to the source file.
             src = model_dirs["cls_quant"] / f"model.{v}.onnx" if v != "fp32" else \
                 model_dirs["cls_export"] / "model.onnx"
             assert b.read(e["onnx"]) == src.read_bytes()
+        # INT8 carries both Q/DQ forms: TensorRT's (engines) and ONNX Runtime's CPU form (the ORT model).
+        int8 = m["variants"]["int8"]
+        assert b.read(int8["onnx_cpu"]) == (model_dirs["cls_quant"] / "model.int8.ort.onnx").read_bytes()
+        assert set(int8["accuracy_gate"]["forms"]) == {"tensorrt", "onnxruntime"}
+        assert "onnx_cpu" not in m["variants"]["fp16"]
         assert json.loads(b.read("reports/accuracy_report.json")) == m["accuracy"]
         prov = m["provenance"]
         assert prov["onnxruntime"] == ort.__version__ and prov["onnx"]
@@ -48,7 +54,8 @@ def test_ort_optimized_model_matches_source(cls_bundle):
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             opt = ort.InferenceSession(b.read(b.variants[v]["ort"]), so, providers=["CPUExecutionProvider"])
-            src = ort.InferenceSession(b.read(b.variants[v]["onnx"]), providers=["CPUExecutionProvider"])
+            source = b.variants[v].get("onnx_cpu") or b.variants[v]["onnx"]
+            src = ort.InferenceSession(b.read(source), providers=["CPUExecutionProvider"])
             x = np.random.default_rng(5).standard_normal((3, 1, 32, 32)).astype(np.float32)
             np.testing.assert_allclose(opt.run(None, {"input": x})[0], src.run(None, {"input": x})[0],
                                        atol=1e-4, rtol=1e-3)
@@ -110,7 +117,7 @@ def test_precision_selection_and_accuracy_gate(model_dirs, tmp_path):
     with pytest.raises(InputError, match=r"--precision mixed: no mixed model.*\['fp16', 'fp32', 'int8'\]"):
         build_bundle(model_dirs["cls_quant"], tmp_path / "x.slicert", precision="mixed")
     failing = tiny_models.write_quantized(tmp_path / "quant_fail", model_dirs["cls_export"], int8_passed=False)
-    with pytest.raises(AccuracyGateError, match="int8 model failed its accuracy gate"):
+    with pytest.raises(AccuracyGateError, match="int8 model failed its accuracy gate: fixture value"):
         build_bundle(failing, tmp_path / "x.slicert", precision="int8", target="cpu")
     r = build_bundle(failing, tmp_path / "best.slicert", precision="best", target="cpu")
     assert r.variants == ["fp32", "fp16"] and "int8" in r.excluded

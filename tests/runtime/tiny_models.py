@@ -86,8 +86,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def to_int8(model: onnx.ModelProto, folder: Path, seed: int = 3) -> onnx.ModelProto:
-    """Explicit Q/DQ INT8 via onnxruntime.quantization (static, per-channel weights), small calibration."""
+def to_int8(model: onnx.ModelProto, folder: Path, seed: int = 3, *, cpu_form: bool = False) -> onnx.ModelProto:
+    """Explicit Q/DQ INT8 via onnxruntime.quantization (static, per-channel weights), small calibration.
+    TensorRT form: INT8 activations; CPU form (`cpu_form`): UINT8 activations, as the quantizer writes."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(seed)
@@ -103,7 +104,7 @@ def to_int8(model: onnx.ModelProto, folder: Path, seed: int = 3) -> onnx.ModelPr
     src, dst = folder / "_fp32_for_q.onnx", folder / "_int8.onnx"
     onnx.save(model, src)
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8, weight_type=QuantType.QInt8)
     q = onnx.load(dst)
     src.unlink()
     dst.unlink()
@@ -127,14 +128,23 @@ def write_export(folder: Path, task: str) -> Path:
 
 
 def write_quantized(folder: Path, export: Path, *, int8_passed: bool = True) -> Path:
-    """A quantizer-style folder: model.fp16.onnx, model.int8.onnx, accuracy_report.json (pointing back
-    at the export). The report is a fixture written here, not a measured accuracy."""
+    """A quantizer-style folder (contract 6, tools/quantize): model.fp16.onnx, model.int8.onnx (TensorRT
+    Q/DQ form), model.int8.ort.onnx (ONNX Runtime CPU form), accuracy_report.json pointing back at the
+    export. The report's pass/fail entries are fixture values written here, not measured accuracy."""
     folder.mkdir(parents=True, exist_ok=True)
     model = onnx.load(export / "model.onnx")
     onnx.save(to_fp16(model), folder / "model.fp16.onnx")
     onnx.save(to_int8(model, folder), folder / "model.int8.onnx")
-    report = {"export_dir": str(export), "calibration": {"method": "max", "sha256": "c" * 64, "n": 8},
-              "variants": {"fp16": {"passed": True, "reason": "fixture"},
-                           "int8": {"passed": int8_passed, "reason": "fixture"}}}
+    onnx.save(to_int8(model, folder, cpu_form=True), folder / "model.int8.ort.onnx")
+    fixture = "fixture value, not a measurement"
+    report = {"schema": "slicert.accuracy_report/1", "export_dir": str(export),
+              "calibration": {"method": "max", "n_slices": 8, "data_sha256": "c" * 64},
+              "gate": {"metric": "auc", "budget": 0.01, "split": "test", "passed": int8_passed},
+              "variants": {"fp32": {"file": None, "passed": True, "reason": "reference model"},
+                           "fp16": {"file": "model.fp16.onnx", "passed": True, "reason": fixture},
+                           "int8": {"file": "model.int8.onnx", "passed": int8_passed, "reason": fixture},
+                           "int8_ort": {"file": "model.int8.ort.onnx", "passed": int8_passed, "reason": fixture}},
+              "deliverables": {"fp16": {"tensorrt": "model.fp16.onnx"},
+                               "int8": {"tensorrt": "model.int8.onnx", "onnxruntime": "model.int8.ort.onnx"}}}
     (folder / "accuracy_report.json").write_text(json.dumps(report, indent=2))
     return folder
