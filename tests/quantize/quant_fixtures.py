@@ -1,4 +1,4 @@
-"""Synthetic fixture for the quantizer tests: two tiny PyTorch students (a residual CNN classifier and a
+"""Synthetic fixture for the quantizer tests and benchmarks: two tiny PyTorch students (a residual CNN classifier and a
 small U-Net segmenter) trained for a few seeded steps on synthetic CT-like slices, exported to ONNX
 opset 17 with a dynamic batch axis, in the toolchain's export layout (model.onnx + model.json).
 
@@ -8,6 +8,7 @@ units, not patient data. The metrics are only meaningful as FP32-vs-quantized co
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,8 +199,11 @@ def export_fixture(out_dir: Path, task: str, *, steps: int | None = None, seed: 
         raise ValueError(task)
     path = out_dir / "model.onnx"
     dummy = torch.zeros(1, 1, MODEL_SIDE, MODEL_SIDE)
-    torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=[out_name],
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript (not installed).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=[out_name],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
     meta = {"name": f"synthetic-{task}", "task": task, "labels": labels, "preprocess": SPEC, "voi_policy": "model",
             "dataset": {"name": f"synthetic-{task}", "synthetic": True, "seed": seed},
             "metrics": {}, "onnx_max_abs_err": 0.0, "source_sha256": ""}
