@@ -88,7 +88,10 @@ def _resolve_dataset(dataset: Any, meta: dict[str, Any], chw: tuple, calib_n: in
 
 def _evaluate(name: str, model, split: data_mod.Split, task: str, labels: list[str], threshold: float,
               ref_out: np.ndarray | None, boot: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    out = runner.run_batched(runner.session(model), split.x)
+    if name == "fp16":  # float16 storage between layers, as a float16 engine has it (see fp16.emulate)
+        out = fp16_mod.run_emulated(model, split.x)
+    else:
+        out = runner.run_batched(runner.session(model), split.x)
     if not np.all(np.isfinite(out)):
         raise InputError(f"{name}: non-finite outputs on the test split")
     res = metrics.evaluate(task, split.y, out, labels=labels, threshold=threshold, reference=ref_out, boot=boot)
