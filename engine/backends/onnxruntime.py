@@ -124,6 +124,8 @@ class OnnxRuntimeBackend(Backend):
             sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
                                         providers=[self.provider])
         self._sess = sess
+        # One RunOptions for every call: passing None makes ORT's wrapper build a new one per call.
+        self._run_options = ort.RunOptions()
         self._run = sess.run_with_iobinding
         self.info.update(device="cpu", provider=self.provider, providers=sess.get_providers(), intra_op_threads=threads,
                          inter_op_threads=1, model_file=member, model_optimized=optimized, model_why=why,
@@ -184,7 +186,7 @@ class OnnxRuntimeBackend(Backend):
         for n in sorted({1, self.max_batch}):
             binding = self._binding(n)
             for _ in range(2):
-                self._run(binding)
+                self._run(binding, self._run_options)
 
     def deactivate_impl(self) -> None:
         self._bindings.clear()
@@ -201,10 +203,13 @@ class OnnxRuntimeBackend(Backend):
         twin = object.__new__(type(self))
         twin.__dict__.update({k: v for k, v in self.__dict__.items()
                               if k in ("bundle", "variant", "device", "threads", "max_batch", "options",
-                                       "_sess", "_run", "_input_specs", "_outputs_meta", "_prep")})
+                                       "_sess", "_run", "_input_specs", "_outputs_meta")})
         twin.info = self.info
         twin.stage_ms = {}
         twin._forked = True
+        import onnxruntime as ort
+
+        twin._run_options = ort.RunOptions()  # per buffer set: a RunOptions is per-call state (terminate flag)
         twin._allocate()
         twin._warm_up()
         twin._active = True
@@ -236,7 +241,7 @@ class OnnxRuntimeBackend(Backend):
 
     def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]:
         binding = self._bindings.get(batch_size) or self._binding(batch_size)
-        self._run(binding)
+        self._run(binding, self._run_options)
         return self._views[batch_size]
 
     def infer_tensors_impl(self, feed, batch_size: int) -> dict[str, np.ndarray]:
