@@ -45,4 +45,5 @@ PYBIND11_MODULE(_native, m) {
   m.attr("__version__") = SLICERT_VERSION;
   slicert::bind_cuda_info(m);
   slicert::bind_preprocess(m);
+  slicert::bind_cuda_resources(m);
 }

@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 
 #include <array>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -43,6 +45,11 @@ struct PreparedSpec {
   float voi_lut_max = 65535.0f;
   float out_min = 0.0f, out_max = 1.0f;
   bool invert = false;
+
+  // Device copies of the LUT tables, one entry per CUDA device, owned by cpp/cuda_resources.cpp
+  // (type-erased so that this header needs no CUDA).
+  mutable std::mutex device_mutex;
+  mutable std::map<int, std::shared_ptr<void>> device_tables;
 
  private:
   mutable std::array<std::once_flag, 3> lut_once_;

@@ -283,28 +283,16 @@ void run_plan(Plan& pl) {
       hi = std::max(hi, static_cast<double>(r[i]));
     }
   }
-  // Float32 resampling of a constant image is constant only to ~1e-7 relative (the weights of one
-  // output pixel sum to 1 up to rounding); dividing that noise by its own spread would turn a flat
-  // image into +-1 garbage. A spread below this floor is treated as no spread: the whole plane
-  // (pad included) becomes 0, via a divisor of +Inf.
-  const double noise_floor =
-      1e-6 * std::max({std::fabs(lo), std::fabs(hi), static_cast<double>(pl.spec->out_max - pl.spec->out_min)});
-  if (norm == pm::NORM_ZSCORE) {
-    const double mean = sum / count;
-    double ss = 0.0;
+  const double mean = sum / count;
+  double ss = 0.0;
+  if (norm == pm::NORM_ZSCORE) {  // second pass: centred sum of squares (no cancellation)
     for (int y = g.top; y < g.top + g.content_h; ++y) {
       const float* r = plane.data() + row_len * y + static_cast<size_t>(g.left) * CW;
       for (size_t i = 0; i < static_cast<size_t>(g.content_w) * CW; ++i) ss += (r[i] - mean) * (r[i] - mean);
     }
-    const double sd = std::sqrt(ss / count);
-    const bool flat = hi - lo <= noise_floor;
-    pl.stat_shift = static_cast<float>(mean);
-    pl.stat_div = flat || !(sd > 0.0) ? INFINITY : static_cast<float>(sd);
-  } else {
-    const bool flat = hi - lo <= noise_floor;
-    pl.stat_shift = static_cast<float>(lo);
-    pl.stat_div = flat ? INFINITY : static_cast<float>(hi - lo);
   }
+  pm::normalize_stats(norm, mean, std::sqrt(ss / count), lo, hi, pl.spec->out_min, pl.spec->out_max, &pl.stat_shift,
+                      &pl.stat_div);
   parallel_for(g.out_h, std::max(1, 16384 / g.out_w), [&](int y0, int y1) {
     for (int oy = y0; oy < y1; ++oy) store_row_any(pl, oy, plane.data() + row_len * oy);
   });

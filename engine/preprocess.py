@@ -146,6 +146,25 @@ def preprocess(x: np.ndarray, spec: PreprocessSpec, *, frame: int | None = None)
     return out
 
 
+def preprocess_cuda_into(out, x, shape: tuple[int, ...], strides: tuple[int, ...], dtype, spec: PreprocessSpec,
+                         stream, batch_index: int = 0, *, check_finite: bool = True) -> None:
+    """GPU version of `preprocess_into`, enqueued on `stream` (an `engine._native.Stream`).
+
+    `x` / `out`: `engine._native.DeviceBuffer` (bounds are then checked) or integer device pointers.
+    `shape` (H, W) or (H, W, 3), `strides` in bytes (any sign, multiples of the element size), `dtype`
+    one of uint8/uint16/int16/int32/float32. For float32 input, `check_finite` scans for NaN/Inf and
+    synchronizes the stream to read the answer (InputError if found); pass False while capturing a
+    CUDA graph and check on the host instead.
+    """
+    _native.preprocess_cuda_into(out, x, tuple(int(v) for v in shape), tuple(int(v) for v in strides),
+                                 np.dtype(dtype).name, prepared(spec), stream, int(batch_index), bool(check_finite))
+
+
+def cuda_prepare(spec: PreprocessSpec, device: int = 0) -> None:
+    """Upload the spec's LUT tables to `device` now (required before capturing a CUDA graph)."""
+    _native.cuda_prepare(prepared(spec), int(device))
+
+
 def geometry(src_hw: tuple[int, int], spec: PreprocessSpec) -> dict[str, tuple[int, ...]]:
     """Where the source lands in the output: {"roi": (y0, x0, h, w) source pixels,
     "content": (top, left, h, w) output pixels, "out": (H, W)}. The inverse is
@@ -154,5 +173,5 @@ def geometry(src_hw: tuple[int, int], spec: PreprocessSpec) -> dict[str, tuple[i
     return _native.geometry(prepared(spec), h, w)
 
 
-__all__ = ["preprocess", "preprocess_into", "set_num_threads", "get_num_threads", "geometry", "output_shape",
-           "prepared", "source_view"]
+__all__ = ["preprocess", "preprocess_into", "preprocess_cuda_into", "cuda_prepare", "set_num_threads",
+           "get_num_threads", "geometry", "output_shape", "prepared", "source_view"]

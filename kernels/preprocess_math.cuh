@@ -268,6 +268,24 @@ SLICERT_HD float normalize_value(float v, int c, const OutputParams& o, float st
   return v;
 }
 
+// zscore / minmax statistics of the resampled content -> (shift, divisor).
+// Float32 resampling of a constant image is constant only to ~1e-7 relative (the weights of one
+// output pixel sum to 1 up to rounding); dividing that noise by its own spread would turn a flat
+// image into +-1 garbage. A spread (max - min) at or below 1e-6 x max(|min|, |max|, output range)
+// counts as no spread: the divisor becomes +Inf and the whole plane (pad included) becomes 0.
+SLICERT_HD void normalize_stats(int normalize, double mean, double sd, double lo, double hi, float out_min,
+                                float out_max, float* shift, float* div) {
+  const double mag = fmax(fmax(fabs(lo), fabs(hi)), static_cast<double>(out_max - out_min));
+  const bool flat = !(hi - lo > 1e-6 * mag);
+  if (normalize == NORM_ZSCORE) {
+    *shift = static_cast<float>(mean);
+    *div = (flat || !(sd > 0.0)) ? INFINITY : static_cast<float>(sd);
+  } else {
+    *shift = static_cast<float>(lo);
+    *div = flat ? INFINITY : static_cast<float>(hi - lo);
+  }
+}
+
 // float -> IEEE binary16, round to nearest even, overflow to Inf (what a model input in FP16 sees).
 SLICERT_HD uint16_t float_to_half(float f) {
   uint32_t x;
