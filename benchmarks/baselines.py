@@ -46,6 +46,7 @@ class InputSet:
     description: str
     real: bool
     pixel_spacing_mm: tuple[float, float] | None = None
+    slices: list[Any] | None = None  # engine.dicom Slices of the same frames (kind "frames")
 
 
 def cr_file(path: str | Path) -> InputSet:
@@ -54,18 +55,27 @@ def cr_file(path: str | Path) -> InputSet:
 
 
 def cine_frames(path: str | Path, max_frames: int | None = None) -> InputSet:
+    """Frames of a multi-frame ultrasound file, decoded once up front for both pipelines: the user's by
+    pydicom (`pixel_array`), SliceRT's by engine.dicom (Slices). Pixel spacing (from the ultrasound
+    region calibration) is read once per cine, as a user would."""
     import pydicom
 
+    import engine.dicom
+
     ds = pydicom.dcmread(str(path))
-    frames = ds.pixel_array  # (F, H, W, 3) RGB for the deid-data cine
-    if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] == 3 and int(ds.get("NumberOfFrames", 1)) == 1):
+    frames = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1)) == 1:
         frames = frames[None]
-    if max_frames:
-        frames = frames[:max_frames]
-    return InputSet("ultrasound cine (real)", "frames", [np.ascontiguousarray(f) for f in frames],
-                    f"real ultrasound cine {Path(path).name}: {len(frames)} frames {frames.shape[1:]} "
-                    f"{ds.PhotometricInterpretation}, pre-decoded (frames arrive in memory)", True,
-                    pixel_spacing_mm=None)
+    seq = engine.dicom.read(str(path))
+    count = min(len(frames), max_frames or len(frames))
+    slices = [seq[i] for i in range(count)]
+    for s in slices:
+        _ = s.pixels  # decode now, outside the timed calls
+    spacing = slices[0].pixel_spacing_mm
+    return InputSet("ultrasound cine (real)", "frames", [np.ascontiguousarray(frames[i]) for i in range(count)],
+                    f"real ultrasound cine {Path(path).name} (deid-data): {count} frames of {frames.shape[1:]} "
+                    f"{ds.PhotometricInterpretation}, decoded once before timing (a scanner hands frames over in "
+                    f"memory)", True, pixel_spacing_mm=spacing, slices=slices)
 
 
 def raw_images(name: str, images: Sequence[np.ndarray], description: str) -> InputSet:
@@ -82,7 +92,6 @@ def user_decode(path: str) -> tuple[Any, np.ndarray]:
 
 def user_preprocess_dicom(ds: Any, arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The notebook way: pydicom LUTs in float64, invert, INTER_AREA resize, normalize -> (1,C,H,W) float32."""
-    import cv2
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     x = apply_modality_lut(arr, ds)
@@ -138,10 +147,6 @@ def _finish(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.out_channels == 3:
         x = np.repeat(x, 3, axis=1)
     return x
-
-
-def user_frame_to_grey(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    return user_preprocess_raw(frame, spec)
 
 
 # -- user post-processing ------------------------------------------------------------------------------
@@ -228,18 +233,67 @@ def onnxruntime_user(name: str, onnx_path: str | Path, inputs: InputSet, spec: P
 
 def slicert(name: str, bundle: str | Path, inputs: InputSet, *, threads: int,
             load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> SessionConfig:
-    """(4) SliceRT: engine.load + Session.run on the DICOM path / engine.dicom frames / raw array."""
+    """(4) SliceRT: engine.load + Session.run on the DICOM path (decoded per call), the cine's
+    engine.dicom Slices (pre-decoded, like the user's frames) or the raw simulated arrays."""
     items = inputs.items
     if inputs.kind == "frames":
-        items = list(inputs.items)  # raw frames; the Session applies the bundle's spec
+        items = inputs.slices  # engine.dicom Slices of the same frames: the Session derives the spec from DICOM
     kw = {"threads": threads, **(load_kwargs or {})}
-    return SessionConfig(name, Path(bundle), load_kwargs=kw,
-                         meta={"input": inputs.description, **(meta or {})}, **_cycle(
-                             InputSet(inputs.name, inputs.kind, items, inputs.description, inputs.real)))
+    cyc = {"input": items[0]} if len(items) == 1 else {"inputs": items}
+    return SessionConfig(name, Path(bundle), load_kwargs=kw, meta={"input": inputs.description, **(meta or {})},
+                         **cyc)
+
+
+def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str, threads: int) -> Pipeline:
+    """The calls Session.run wraps, made directly: backend.stage (fused native preprocessing into the
+    bound input), backend.infer (ONNX Runtime run_with_iobinding), the same post-processing math.
+    Session.run minus this = the Python overhead of the Session API."""
+
+    def build():
+        from engine.backends import backend_class
+        from engine.bundle import open_bundle
+
+        b = open_bundle(Path(bundle))
+        backend = backend_class("onnxruntime")(b, variant=variant, threads=threads)
+        backend.activate()
+        state["backend"], state["bundle"] = backend, b
+        spec = b.spec
+        out_name = b.manifest["output"]["name"]
+        task = b.task
+        k = len(b.labels)
+        scores = np.empty(k, np.float32)
+        src_hw = x.shape[:2]
+
+        def post(outs):
+            raw = outs[out_name][0]
+            if task == "classification":
+                np.subtract(raw, raw.max(), out=scores)
+                np.exp(scores, out=scores)
+                np.divide(scores, scores.sum(), out=scores)
+                return int(scores.argmax())
+            from engine import postprocess as pp
+
+            mask = pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec)
+            return pp.class_areas_mm2(mask, None, k)
+
+        return [("preprocess", lambda a: backend.stage(a, spec, 0)), ("infer", lambda _: backend.infer(1)),
+                ("postprocess", post)]
+
+    state: dict[str, Any] = {}
+
+    def close():
+        if "backend" in state:
+            state["backend"].deactivate()
+            state["bundle"].close()
+
+    return Pipeline(name, build, input=x, close=close, meta={"what": "backend.stage + backend.infer + post-processing "
+                                                                    "math, called directly (no Session)",
+                                                            "variant": variant, "threads": threads})
 
 
 def input_agreement(inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: PreprocessSpec) -> dict[str, float]:
-    """Max |user - engine.preprocess| on the first input, and the value range, to prove both do the same work."""
+    """Max |user - engine.preprocess| on the first input (same pixels, the spec SliceRT derives for them):
+    proves the user pipeline does the same work, so no speed-up comes from skipping a step."""
     from engine.preprocess import preprocess
 
     item = inputs.items[0]
@@ -251,4 +305,4 @@ def input_agreement(inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: P
         user = user_preprocess_raw(item, spec_user)
         ours = preprocess(item, spec_slicert)
     ours = np.asarray(ours, dtype=np.float32).reshape(user.shape)
-    return {"max_abs_diff": float(np.max(np.abs(user - ours))), "range": float(user.max() - user.min())}
+    return {"max_abs_diff": float(np.max(np.abs(user - ours))), "value_range": float(user.max() - user.min())}
