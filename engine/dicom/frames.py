@@ -11,12 +11,13 @@ supported dtype, only BitsStored bits significant (PS3.5 8.1.1), and colour as R
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from engine.dicom.capture import pydicom_warnings
+from engine.dicom.codestream import declared_size
 from engine.dicom.color import Palette, ybr_full_to_rgb
 from engine.dicom.header import PixelModule
 from engine.dicom.problems import fail
@@ -58,6 +59,9 @@ class FrameDecoder:
             "photometric_interpretation": pm.photometric,
         }
         self._all: np.ndarray | None = None
+        self._pixel_data = ds[pm.pixel_keyword].value
+        offsets = (ds.get("ExtendedOffsetTable"), ds.get("ExtendedOffsetTableLengths"))
+        self._extended_offsets = offsets if None not in offsets else None
         if not pm.encapsulated:
             self._options["view_only"] = True
             self._check_native_length()
@@ -76,6 +80,11 @@ class FrameDecoder:
                 self._all = arr if pm.number_of_frames > 1 else arr[None]
                 self._all_props = props
             return self._finish(self._all[index], self._all_props, index)
+        from pydicom.encaps import get_frame
+
+        encoded = self._call(lambda: get_frame(self._pixel_data, index, number_of_frames=pm.number_of_frames,
+                                               extended_offsets=self._extended_offsets), index)
+        self._check_codestream(encoded, index)
         arr, props = self._call(lambda: self._decoder.as_array(self._ds, index=index, **self._options), index)
         return self._finish(arr, props, index)
 
@@ -84,16 +93,21 @@ class FrameDecoder:
             for i in range(self._pm.number_of_frames):
                 yield self.frame(i)
             return
-        # iter_array walks the fragments once instead of re-locating frame i from the start.
+        from pydicom.encaps import generate_frames
+
+        # iter_array walks the fragments once instead of re-locating frame i from the start; a second
+        # walk, in lockstep, hands us each codestream to check before iter_array decodes it.
+        encoded = generate_frames(self._pixel_data, number_of_frames=self._pm.number_of_frames,
+                                  extended_offsets=self._extended_offsets)
         it = self._decoder.iter_array(self._ds, **self._options)
         for i in range(self._pm.number_of_frames):
+            self._check_codestream(self._call(lambda: next(encoded), i), i)
             arr, props = self._call(lambda: next(it), i)
             yield self._finish(arr, props, i)
 
     def _call(self, fn: Callable[[], Any], index: int | None) -> Any:
         where = "" if index is None else f"frame {index}: "
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with pydicom_warnings(self.notes):
             try:
                 result = fn()
             except DicomError:
@@ -105,10 +119,17 @@ class FrameDecoder:
                 raise fail(self._source, "PixelData",
                            f"{where}cannot be decoded as {self._pm.transfer_syntax_name} "
                            f"({type(exc).__name__}: {exc})") from exc
-        self.notes.extend(str(w.message) for w in caught)
         return result
 
     # -- checks and normalization ----------------------------------------------------------------
+    def _check_codestream(self, encoded: bytes, index: int) -> None:
+        size = declared_size(encoded)
+        expected = (self._pm.rows, self._pm.columns)
+        if size is not None and size != expected:
+            raise fail(self._source, "PixelData", f"frame {index}: the codestream declares {size[0]} x {size[1]} "
+                                                  f"pixels but Rows x Columns is {expected[0]} x {expected[1]}; "
+                                                  f"refusing to decode it")
+
     def _check_native_length(self) -> None:
         pm = self._pm
         if pm.photometric == "YBR_FULL_422":

@@ -1,10 +1,10 @@
 """engine.dicom.read: one entry point from a DICOM input to a Slice or a lazy FrameSequence."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from engine.dicom import color, frames, header, lut, source, spacing
+from engine.dicom.capture import pydicom_warnings
 from engine.dicom.slice import FrameSequence, ImageInfo, Slice
 from engine.dicom.values import get_str
 from engine.errors import InputError
@@ -23,26 +23,23 @@ def read(src: Any, *, pixel_limit: int = header.DEFAULT_PIXEL_LIMIT) -> Slice | 
     """
     if isinstance(pixel_limit, bool) or not isinstance(pixel_limit, int) or pixel_limit < 1:
         raise InputError(f"engine.dicom.read: pixel_limit must be a positive integer, got {pixel_limit!r}")
-    # pydicom reports damaged values with warnings (and, under warnings-as-errors, exceptions);
-    # record them as notes so behaviour does not depend on the caller's warning filters.
-    # (catch_warnings is process-global state: concurrent reads may interleave their notes.)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        slice_or_sequence = _read(src, pixel_limit, caught)
-    return slice_or_sequence
+    notes: list[str] = []
+    # pydicom reports damaged values with warnings: record them as notes (see capture.py).
+    with pydicom_warnings(notes):
+        ds, name, parse_notes = source.load(src)
+        notes.extend(parse_notes)
+        pm = header.read_pixel_module(ds, name, pixel_limit, notes)
+        mlut = lut.read_modality_lut(ds, pm, name, notes)
+        voi = lut.read_voi(ds, pm, mlut, name, notes)
+        geometry = spacing.read_geometry(ds, name, pm.rows, pm.columns, pm.number_of_frames, notes)
+        palette = None
+        if pm.photometric == header.PALETTE:
+            palette = color.read_palette(ds, name, pm.little_endian, signed=pm.pixel_representation == 1)
+        modality = (get_str(ds, "Modality", name) or "").upper()
+        sop_class_uid = get_str(ds, "SOPClassUID", name) or ""
+        presentation_lut_shape = (get_str(ds, "PresentationLUTShape", name) or "").upper()
 
-
-def _read(src: Any, pixel_limit: int, caught: list) -> Slice | FrameSequence:
-    ds, name, parse_notes = source.load(src)
-    notes = list(parse_notes)
-    pm = header.read_pixel_module(ds, name, pixel_limit, notes)
-    mlut = lut.read_modality_lut(ds, pm, name, notes)
-    voi = lut.read_voi(ds, pm, mlut, name, notes)
-    geometry = spacing.read_geometry(ds, name, pm.rows, pm.columns, pm.number_of_frames, notes)
-
-    palette = None
-    if pm.photometric == header.PALETTE:
-        palette = color.read_palette(ds, name, pm.little_endian, signed=pm.pixel_representation == 1)
+    if palette is not None:
         value_range, rgb_bits = (0.0, float((1 << palette.bits) - 1)), palette.bits
     elif pm.is_grey:
         value_range, rgb_bits = lut.modality_range(pm, mlut), 0
@@ -51,8 +48,8 @@ def _read(src: Any, pixel_limit: int, caught: list) -> Slice | FrameSequence:
 
     info = ImageInfo(
         source=name,
-        modality=(get_str(ds, "Modality", name) or "").upper(),
-        sop_class_uid=get_str(ds, "SOPClassUID", name) or "",
+        modality=modality,
+        sop_class_uid=sop_class_uid,
         transfer_syntax_uid=pm.transfer_syntax_uid,
         transfer_syntax_name=pm.transfer_syntax_name,
         rows=pm.rows,
@@ -70,7 +67,7 @@ def _read(src: Any, pixel_limit: int, caught: list) -> Slice | FrameSequence:
         windows=voi.windows,
         voi_lut_function=voi.function,
         voi_luts=voi.luts,
-        presentation_lut_shape=(get_str(ds, "PresentationLUTShape", name) or "").upper(),
+        presentation_lut_shape=presentation_lut_shape,
         value_range=value_range,
         rgb_bits=rgb_bits,
         pixel_spacing_mm=geometry.pixel_spacing_mm,
@@ -79,7 +76,7 @@ def _read(src: Any, pixel_limit: int, caught: list) -> Slice | FrameSequence:
         ultrasound_regions=geometry.ultrasound_regions,
         frame_time_ms=geometry.frame_time_ms,
         frame_time_vector_ms=geometry.frame_time_vector_ms,
-        warnings=tuple(notes + [str(w.message) for w in caught]),
+        warnings=tuple(notes),
     )
     decoder = frames.FrameDecoder(ds, pm, name, palette)
     if pm.number_of_frames > 1:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from typing import Any
 
+from engine.dicom.capture import pydicom_warnings
 from engine.dicom.problems import fail
 from engine.errors import DicomError, InputError
 
@@ -70,8 +70,8 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
     fp.seek(start)
     if not head:
         raise fail(name, "PixelData", "empty input: not a DICOM file")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    messages: list[str] = []
+    with pydicom_warnings(messages):
         try:
             try:
                 ds = pydicom.dcmread(fp)
@@ -87,7 +87,6 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
             raise
         except Exception as exc:  # pydicom raises many types for malformed input; report them all as DICOM
             raise DicomError(f"{name}: cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
-    messages = [str(w.message) for w in caught]
     for msg in messages:
         # pydicom drops an undefined-length element (encapsulated Pixel Data) that hits end-of-file.
         if "End of file reached before delimiter" in msg:

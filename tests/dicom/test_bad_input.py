@@ -224,3 +224,58 @@ def test_file_without_preamble_but_with_garbage_is_refused(tmp_path):
     path.write_bytes(b"\x08\x00\x05\x00" + bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8)))
     with pytest.raises(DicomError, match="raw.dcm"):
         dicom.read(str(path))
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_gdcm.dcm", "emri_small_jpeg_ls_lossless.dcm",
+                                  "JPGLosslessP14SV1_1s_1f_8b.dcm", "US1_J2KR.dcm", "examples_ybr_color.dcm"])
+def test_codestream_size_is_read_before_decoding(name):
+    from pydicom.encaps import get_frame
+
+    from engine.dicom.codestream import declared_size
+
+    ds = pydicom.dcmread(data_file(name))
+    frame = get_frame(ds.PixelData, 0, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+    assert declared_size(frame) == (ds.Rows, ds.Columns)
+
+
+def test_oversized_codestream_is_refused_without_decoding(monkeypatch):
+    """A frame whose header declares more pixels than Rows x Columns never reaches the decoder."""
+    from pydicom.encaps import encapsulate, get_frame
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+    ds = pydicom.dcmread(data_file("US1_J2KR.dcm"))
+    frame = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    siz = frame.find(b"\xff\x4f\xff\x51") + 4
+    frame[siz + 4:siz + 12] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # Xsiz, Ysiz
+    ds.PixelData = encapsulate([bytes(frame)])
+    decoded = []
+    monkeypatch.setattr(DecodeRunner, "_decode_frame", lambda self, src: decoded.append(src))
+    _refused(ds, "PixelData (7FE0,0010)", "declares 60000 x 60000 pixels")
+    assert decoded == []
+
+
+def test_concurrent_reads_leave_warning_filters_intact():
+    """catch_warnings swaps process-global state; concurrent reads must not leave it replaced."""
+    import threading
+    import warnings
+
+    before_filters, before_hook = list(warnings.filters), warnings.showwarning
+    paths = [data_file(n) for n in ("MR_small.dcm", "SC_rgb_jpeg.dcm", "US1_J2KR.dcm", "badVR.dcm")]
+    errors: list[BaseException] = []
+
+    def work(path):
+        for _ in range(5):
+            try:
+                dicom.read(path)
+            except DicomError:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in paths * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert warnings.filters == before_filters and warnings.showwarning is before_hook
