@@ -59,6 +59,21 @@ def session_options(threads: int, *, optimized_model: bool):
     return so
 
 
+def _run_options():
+    """One RunOptions reused for every call of a buffer set.
+
+    "gpu_graph_id" = "-1" states that no graph capture is wanted. It also matters for speed: ORT 1.32's
+    Python run_with_iobinding looks this key up on every call, and a missing key costs a C++ exception
+    (measured 48 us per call here, four times the model's own run time); passing None instead makes the
+    C++ side build a fresh RunOptions per call.
+    """
+    import onnxruntime as ort
+
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("gpu_graph_id", "-1")
+    return ro
+
+
 def usable_cpus() -> int:
     from engine.envinfo import usable_cpus as _usable
 
@@ -124,8 +139,7 @@ class OnnxRuntimeBackend(Backend):
             sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
                                         providers=[self.provider])
         self._sess = sess
-        # One RunOptions for every call: passing None makes ORT's wrapper build a new one per call.
-        self._run_options = ort.RunOptions()
+        self._run_options = _run_options()
         self._run = sess.run_with_iobinding
         self.info.update(device="cpu", provider=self.provider, providers=sess.get_providers(), intra_op_threads=threads,
                          inter_op_threads=1, model_file=member, model_optimized=optimized, model_why=why,
@@ -207,9 +221,7 @@ class OnnxRuntimeBackend(Backend):
         twin.info = self.info
         twin.stage_ms = {}
         twin._forked = True
-        import onnxruntime as ort
-
-        twin._run_options = ort.RunOptions()  # per buffer set: a RunOptions is per-call state (terminate flag)
+        twin._run_options = _run_options()  # per buffer set: a RunOptions is per-call state (terminate flag)
         twin._allocate()
         twin._warm_up()
         twin._active = True
