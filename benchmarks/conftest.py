@@ -21,5 +21,8 @@ def pytest_collect_file(file_path, parent):
 def pytest_configure(config):
     opt = config.option
     if (hasattr(opt, "benchmark_autosave") and not getattr(opt, "benchmark_disable", False)
-            and not getattr(opt, "benchmark_json", None)):
+            and not getattr(opt, "benchmark_json", None) and not getattr(opt, "collectonly", False)):
         opt.benchmark_autosave = True
+    # pyproject turns warnings into errors; "nothing to save" (every benchmark skipped or deselected) is
+    # not an error of the code under test.
+    config.addinivalue_line("filterwarnings", "ignore:Not saving anything:pytest_benchmark.logger.PytestBenchmarkWarning")

@@ -39,6 +39,12 @@ class Artifacts:
     notes: list[str] = field(default_factory=list)
 
 
+def task_of(dataset: str) -> str:
+    from tools.data import _module
+
+    return _module(dataset)["task"]
+
+
 def _export(module: Any, spec: PreprocessSpec, out_name: str, path: Path) -> None:
     import torch
 
