@@ -160,7 +160,7 @@ def run(repeats: int, threads: int) -> dict:
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
         path = _path(name)
         diff = float(np.abs(slicert_cr(path) - pydicom_cr(path)).max())
-        t = _time_calls({"slicert": lambda: slicert_cr(path), "pydicom": lambda: pydicom_cr(path)}, repeats)
+        t = _time_calls({"slicert": lambda p=path: slicert_cr(p), "pydicom": lambda p=path: pydicom_cr(p)}, repeats)
         s, p = _median_ms(t["slicert"]), _median_ms(t["pydicom"])
         report["cr"][name] = {"slicert_ms": s, "pydicom_ms": p, "speedup": p / s, "max_abs_diff": diff}
 

@@ -30,5 +30,14 @@ def read(src: Any, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> Slice | FrameSe
     return _read(src, pixel_limit=pixel_limit)
 
 
-__all__ = ["read", "Slice", "FrameSequence", "ImageInfo", "Window", "LookupTable", "ModalityLUT",
-           "UltrasoundRegion", "DEFAULT_PIXEL_LIMIT"]
+__all__ = [
+    "DEFAULT_PIXEL_LIMIT",
+    "FrameSequence",
+    "ImageInfo",
+    "LookupTable",
+    "ModalityLUT",
+    "Slice",
+    "UltrasoundRegion",
+    "Window",
+    "read",
+]

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.dicom.header import PixelModule
 from engine.dicom.problems import fail
-from engine.dicom.values import get_float, get_floats, get_int, get_str, get_strs, raw
+from engine.dicom.values import get_float, get_floats, get_str, get_strs, raw
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 # The kernel computes in float32 (max ~3.4e38); values near that overflow to inf in intermediate

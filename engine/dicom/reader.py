@@ -81,4 +81,4 @@ def read(src: Any, *, pixel_limit: int = header.DEFAULT_PIXEL_LIMIT) -> Slice | 
     decoder = frames.FrameDecoder(ds, pm, name, palette)
     if pm.number_of_frames > 1:
         return FrameSequence(decoder, info, ds)
-    return Slice(decoder.frame(0), 0, info, ds)
+    return Slice(decoder.frame(0), 0, info, ds, tuple(decoder.notes))

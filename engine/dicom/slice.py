@@ -86,7 +86,7 @@ class _HasInfo:
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | _INFO_NAMES)
 
-    def spec_for(self, model_spec: "PreprocessSpec", voi_policy: str = "dicom") -> "PreprocessSpec":
+    def spec_for(self, model_spec: PreprocessSpec, voi_policy: str = "dicom") -> PreprocessSpec:
         """model_spec with the DICOM-derived fields filled in (see engine.dicom.specmap.spec_for)."""
         from engine.dicom.specmap import spec_for
 
@@ -101,11 +101,13 @@ class Slice(_HasInfo):
     (the native kernel applies them, driven by `spec_for`).
     """
 
-    def __init__(self, pixels: np.ndarray, frame_index: int, info: ImageInfo, dataset: Any):
+    def __init__(self, pixels: np.ndarray, frame_index: int, info: ImageInfo, dataset: Any,
+                 decode_warnings: tuple[str, ...] = ()):
         self.pixels = pixels
         self.frame_index = frame_index
         self.info = info
         self.dataset = dataset  # the pydicom Dataset, for attributes SliceRT does not interpret
+        self.decode_warnings = decode_warnings  # non-fatal notes from decoding (e.g. masked high bits)
 
     def __repr__(self) -> str:
         i = self.info
@@ -120,7 +122,7 @@ class FrameSequence(_HasInfo):
     without re-scanning the compressed stream. Not thread-safe: use one sequence per thread.
     """
 
-    def __init__(self, decoder: "FrameDecoder", info: ImageInfo, dataset: Any):
+    def __init__(self, decoder: FrameDecoder, info: ImageInfo, dataset: Any):
         self._decoder = decoder
         self.info = info
         self.dataset = dataset
@@ -135,11 +137,11 @@ class FrameSequence(_HasInfo):
         i = int(index) + n if index < 0 else int(index)
         if not 0 <= i < n:
             raise IndexError(f"frame {index} out of range for {n} frames")
-        return Slice(self._decoder.frame(i), i, self.info, self.dataset)
+        return Slice(self._decoder.frame(i), i, self.info, self.dataset, tuple(self._decoder.notes))
 
     def __iter__(self) -> Iterator[Slice]:
         for i, pixels in enumerate(self._decoder.iterate()):
-            yield Slice(pixels, i, self.info, self.dataset)
+            yield Slice(pixels, i, self.info, self.dataset, tuple(self._decoder.notes))
 
     @property
     def decode_warnings(self) -> tuple[str, ...]:

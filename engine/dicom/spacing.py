@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.dicom.values import get_float, get_floats, get_int, get_str, raw
+from engine.errors import DicomError
 
 # Modalities that are projection radiographs: Pixel Spacing means "calibrated at the patient".
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "IO", "PX", "RG", "XA", "RF", "DF"})
@@ -165,7 +166,7 @@ def _regions(ds: Any, source: str, notes: list[str]) -> tuple[UltrasoundRegion, 
             uy = get_int(item, "PhysicalUnitsYDirection", source, default=0)
             dx = get_float(item, "PhysicalDeltaX", source, default=0.0)
             dy = get_float(item, "PhysicalDeltaY", source, default=0.0)
-        except Exception as exc:  # a damaged region only loses that region's calibration
+        except DicomError as exc:  # a damaged region only loses that region's calibration
             notes.append(f"SequenceOfUltrasoundRegions item {i} ignored: {exc}")
             continue
         out.append(UltrasoundRegion(x0, y0, x1, y1, US_SPATIAL_FORMAT.get(fmt, f"unknown({fmt})"), dtype,

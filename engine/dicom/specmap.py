@@ -17,7 +17,7 @@ VOI_POLICIES = ("dicom", "model")
 _VOI_FIELDS = ("voi_function", "window_center", "window_width", "voi_lut", "voi_lut_first_mapped", "voi_lut_bits")
 
 
-def spec_for(info: "ImageInfo", model_spec: "PreprocessSpec", voi_policy: str = "dicom") -> "PreprocessSpec":
+def spec_for(info: ImageInfo, model_spec: PreprocessSpec, voi_policy: str = "dicom") -> PreprocessSpec:
     """Fill the DICOM-derived fields of `model_spec` for this image.
 
     voi_policy "dicom": the file's VOI. A VOI LUT Sequence wins over windows when both are present
@@ -50,7 +50,7 @@ def spec_for(info: "ImageInfo", model_spec: "PreprocessSpec", voi_policy: str = 
     return model_spec.replace(**changes)
 
 
-def _file_voi(info: "ImageInfo") -> dict:
+def _file_voi(info: ImageInfo) -> dict:
     if info.voi_luts:
         lut = info.voi_luts[0]
         return dict(voi_function="lut", voi_lut=lut.table, voi_lut_first_mapped=lut.first_mapped,

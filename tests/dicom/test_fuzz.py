@@ -10,7 +10,7 @@ import io
 import os
 import pathlib
 from datetime import timedelta
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), derandomiz
 MODEL = PreprocessSpec(out_height=16, out_width=16, out_channels=1, resize="area")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file(name: str) -> tuple[bytes, tuple[tuple[int, int, str], ...], int, int]:
     """(bytes, header element (value offset, length, keyword), pixel data offset, pixel count)."""
     import pydicom

@@ -199,3 +199,22 @@ def test_rtdose_32bit_unsigned_is_exposed_as_int32():
     ref = pydicom.dcmread(data_file("rtdose_1frame.dcm")).pixel_array
     assert s.pixels.dtype == np.int32
     np.testing.assert_array_equal(s.pixels, ref.astype(np.int64))
+
+
+def test_importing_engine_dicom_does_not_import_pydicom():
+    import subprocess
+    import sys
+
+    code = "import sys, engine.dicom; assert 'pydicom' not in sys.modules, 'pydicom imported eagerly'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_decode_notes_are_exposed_on_single_frame_slices():
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    values = ds.pixel_array.astype(np.int16)
+    ds.BitsStored, ds.HighBit = 14, 13
+    ds.PixelData = (np.clip(values, 0, 8191).view(np.uint16) | np.uint16(0x8000)).tobytes()  # bit 15 set
+    s = dicom.read(ds)
+    assert s.pixels.min() >= 0 and s.pixels.max() <= 8191
+    assert any("BitsStored 14" in w for w in s.decode_warnings)
