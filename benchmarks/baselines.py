@@ -291,6 +291,59 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
                                                             "variant": variant, "threads": threads})
 
 
+def raw_calls(name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, optimized: bool,
+              threads: int) -> Pipeline:
+    """The floor under Session.run, with no SliceRT Python in between: engine.preprocess.preprocess_into
+    into an IOBinding-bound array, InferenceSession.run_with_iobinding (same bundle member, same session
+    options, a reused RunOptions with gpu_graph_id=-1 as the backend uses), the same post-processing math.
+    Session.run minus this = all Python SliceRT adds (Session + backend wrappers)."""
+    state: dict[str, Any] = {}
+
+    def build():
+        import onnxruntime as ort
+
+        from engine.backends.onnxruntime import session_options
+        from engine.bundle import open_bundle
+        from engine.preprocess import preprocess_into
+
+        b = open_bundle(Path(bundle))
+        state["bundle"] = b
+        spec = b.spec
+        sess = ort.InferenceSession(b.read(model_file), session_options(threads, optimized_model=optimized),
+                                    providers=["CPUExecutionProvider"])
+        i0, o0 = sess.get_inputs()[0], sess.get_outputs()[0]
+        inp = np.zeros((1, *i0.shape[1:]), np.float32)
+        probe = sess.run([o0.name], {i0.name: inp})[0]
+        out = np.zeros(probe.shape, np.float32)
+        binding = sess.io_binding()
+        binding.bind_input(i0.name, "cpu", 0, np.float32, list(inp.shape), inp.ctypes.data)
+        binding.bind_output(o0.name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        ro = ort.RunOptions()
+        ro.add_run_config_entry("gpu_graph_id", "-1")
+        run = sess.run_with_iobinding
+        task, k = b.task, len(b.labels)
+        scores = np.empty(k, np.float32)
+        src_hw = x.shape[:2]
+
+        def post(_):
+            raw = out[0]
+            if task == "classification":
+                np.subtract(raw, raw.max(), out=scores)
+                np.exp(scores, out=scores)
+                np.divide(scores, scores.sum(), out=scores)
+                return int(scores.argmax())
+            from engine import postprocess as pp
+
+            return pp.class_areas_mm2(pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec), None, k)
+
+        return [("preprocess", lambda a: preprocess_into(inp, a, spec, 0)), ("infer", lambda _: run(binding, ro)),
+                ("postprocess", post)]
+
+    return Pipeline(name, build, input=x, close=lambda: state["bundle"].close() if "bundle" in state else None,
+                    meta={"what": "preprocess_into + run_with_iobinding + post-processing math, no SliceRT Python",
+                          "model_file": model_file, "threads": threads})
+
+
 def input_agreement(inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: PreprocessSpec) -> dict[str, float]:
     """Max |user - engine.preprocess| on the first input (same pixels, the spec SliceRT derives for them):
     proves the user pipeline does the same work, so no speed-up comes from skipping a step."""
