@@ -11,6 +11,8 @@ def register(app: typer.Typer) -> None:
     def quantize(
         export_dir: Path = typer.Argument(..., help="Toolchain export folder (model.onnx + model.json)."),
         out: Path = typer.Option(..., "--out", help="Output folder for the variants and accuracy_report.json/.md."),
+        data: Path = typer.Option(None, "--data", help="Raw splits .npz (calib_images, val_images, val_targets, "
+                                  "test_images, test_targets); default: the toolchain dataset in model.json."),
         calib_method: str = typer.Option("max", "--calib-method", help="max | percentile | entropy."),
         calib_n: int = typer.Option(256, "--calib-n", help="Calibration slices from the calib split (>= 256)."),
         percentile: float = typer.Option(99.999, "--percentile", help="Percentile for --calib-method percentile."),
@@ -25,9 +27,9 @@ def register(app: typer.Typer) -> None:
         from engine.errors import SliceRTError
         from tools.quantize.pipeline import quantize_export
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # error text stays greppable: no hard wraps
         try:
-            rep = quantize_export(export_dir, out, method=calib_method, calib_n=calib_n, percentile=percentile,
+            rep = quantize_export(export_dir, out, dataset=data, method=calib_method, calib_n=calib_n, percentile=percentile,
                                   budget_auc=budget_auc, budget_dice=budget_dice, accept_loss=accept_loss,
                                   force=force, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
         except SliceRTError as exc:

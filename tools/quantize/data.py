@@ -144,3 +144,26 @@ def from_arrays(*, calib_x: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, te
         y = check_targets(y, len(x), task, f"{name} split targets", num_classes)
         splits[name] = Split(x=x, y=y, sha256=hash_array(x))
     return QuantDataset(calib=calib, val=splits["val"], test=splits["test"], provenance=dict(provenance or {}))
+
+
+NPZ_KEYS = ("calib_images", "val_images", "val_targets", "test_images", "test_targets")
+
+
+def load_npz_splits(path: Any) -> dict[str, tuple[np.ndarray, Any]]:
+    """Raw splits from an .npz file (`slicert quantize --data`): calib_images, val_images, val_targets,
+    test_images, test_targets (raw stored pixel values; targets = class ids or masks on the model grid)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--data {path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--data {path}: not a readable .npz file ({exc})") from exc
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise InputError(f"--data {path}: missing array(s) {missing}; expected {list(NPZ_KEYS)}")
+    return {"calib": (arrays["calib_images"], None), "val": (arrays["val_images"], arrays["val_targets"]),
+            "test": (arrays["test_images"], arrays["test_targets"])}

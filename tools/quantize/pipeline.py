@@ -76,6 +76,10 @@ def _resolve_dataset(dataset: Any, meta: dict[str, Any], chw: tuple, calib_n: in
             data_mod.check_inputs(s.x, chw, f"{name} split")
             data_mod.check_targets(s.y, len(s.x), task, f"{name} split targets", k)
         return data_mod.QuantDataset(calib=calib, val=dataset.val, test=dataset.test, provenance=dataset.provenance)
+    if isinstance(dataset, (str, Path)):
+        raw = data_mod.load_npz_splits(dataset)
+        return data_mod.from_raw_splits(raw, meta["_spec"], task=task, num_classes=k, chw=chw, calib_n=calib_n,
+                                        provenance={"description": f"raw splits from {dataset}"})
     if isinstance(dataset, Mapping):
         return data_mod.from_raw_splits(dataset, meta["_spec"], task=task, num_classes=k, chw=chw, calib_n=calib_n,
                                         provenance={"description": "raw splits given by the caller"})
@@ -107,8 +111,8 @@ def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset:
     """Quantize a toolchain export (model.onnx + model.json) into FP16/INT8/mixed models and an accuracy report.
 
     dataset: None (the toolchain dataset named in model.json), a mapping {"calib"|"val"|"test": (raw images,
-    targets)} preprocessed here through engine.preprocess with the model's spec, or a QuantDataset of
-    model inputs. method: "max" | "percentile" | "entropy". Budgets are absolute metric losses (0.01 = one
+    targets)} or an .npz path (see data.load_npz_splits), both preprocessed here through engine.preprocess
+    with the model's spec, or a QuantDataset of model inputs. method: "max" | "percentile" | "entropy". Budgets are absolute metric losses (0.01 = one
     AUC / Dice point). Returns the report dict (also written to out_dir/accuracy_report.json).
     Raises InputError (bad model/data/arguments), OutputExists (outputs exist, force=False),
     AccuracyGateError (a variant out of budget, accept_loss=False; the report is still written).
