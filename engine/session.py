@@ -18,6 +18,7 @@ Thread model:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import threading
@@ -279,6 +280,9 @@ class Session:
             return (first.pixels, self._slice_spec(first, spec), None, pixel_spacing_mm or first.pixel_spacing_mm,
                     _perf_ns() - t0, 0)
         if _is_device_array(x):
+            if getattr(self._backend, "accepts_device_arrays", False):
+                # Already on the GPU: the CUDA preprocessing kernel reads it in place (no host copy).
+                return x, self.spec if spec is None else self._check_spec(spec), None, pixel_spacing_mm, 0, None
             raise InputError(f"a GPU array ({type(x).__name__}) was given but this session runs on "
                              f"{self.info['backend']} (CPU): copy it to host memory first, or load the bundle "
                              f"with backend='tensorrt' on a GPU machine")
@@ -308,7 +312,6 @@ class Session:
         r = Result(self.task, self.labels)
         if self.task == "classification":
             r.scores = np.zeros(self._num_classes, np.float32)
-            r._scratch = {"max": np.zeros((), np.float32)}
         else:
             if src_hw is None:
                 raise InputError("segmentation results need the source image size: new_result(src_hw=(H, W))")
@@ -318,6 +321,10 @@ class Session:
         return r
 
     def _postprocess(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        # A float64-accumulated sum is NaN/Inf iff some element is: one pass, no temporary array.
+        if not math.isfinite(float(raw.sum(dtype=np.float64))):
+            raise InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
+                             f"spec (window/rescale) matches the data, or load with precision='fp32'")
         if self.task == "classification":
             scores = r.scores
             if scores is None:
@@ -327,30 +334,31 @@ class Session:
                 np.exp(scores, out=scores)
                 scores /= scores.sum()
             elif self._post == "sigmoid":
-                np.negative(raw, out=scores)
-                np.exp(scores, out=scores)
+                # (1 + tanh(x/2)) / 2: the same overflow-free form as engine.postprocess.sigmoid.
+                np.multiply(raw, 0.5, out=scores)
+                np.tanh(scores, out=scores)
                 scores += 1.0
-                np.reciprocal(scores, out=scores)
+                scores *= 0.5
             else:
                 scores[...] = raw
-            if not np.isfinite(scores).all():
-                raise InputError(f"the {self.variant} model produced NaN/Inf scores for this input: check the spec "
-                                 f"(window/rescale) matches the data, or load with precision='fp32'")
             r.label = self.labels[int(scores.argmax())]
             return
         from engine import postprocess as pp
 
-        if not np.isfinite(raw).all():
-            raise InputError(f"the {self.variant} model produced NaN/Inf logits for this input: check the spec "
-                             f"(window/rescale) matches the data, or load with precision='fp32'")
-        small = pp.argmax_mask(raw)
-        mask = pp.mask_to_source(small, src_hw, spec)
-        if r.mask is not None and r.mask.shape == mask.shape:
-            np.copyto(r.mask, mask)
-        else:
-            r.mask = mask
+        scratch = r._scratch if r._scratch is not None else {}
+        small = scratch.get("small")
+        if small is None or small.shape != raw.shape[1:]:
+            small = scratch["small"] = np.empty(raw.shape[1:], np.uint8)
+        pp.argmax_mask(raw, out=small)
+        hw = (int(src_hw[0]), int(src_hw[1]))
+        if r.mask is None:
+            r.mask = np.empty(hw, np.uint8)
+        elif r.mask.shape != hw:
+            raise InputError(f"this result's mask was allocated for a {r.mask.shape} source, the input is {hw}: "
+                             f"use session.new_result(src_hw={hw}) for this image size")
+        pp.mask_to_source(small, hw, spec, out=r.mask)
         r.pixel_spacing_mm = None if spacing is None else (float(spacing[0]), float(spacing[1]))
-        counts, areas = pp.class_areas_mm2(r.mask, r.pixel_spacing_mm, self._num_classes)
+        counts, areas = pp.class_areas_mm2(r.mask, r.pixel_spacing_mm, max(self._num_classes, 2))
         r.pixel_counts = {lab: int(c) for lab, c in zip(self.labels, counts)}
         r.areas_mm2 = None if areas is None else {lab: float(a) for lab, a in zip(self.labels, areas)}
 
@@ -582,7 +590,7 @@ class _Mailbox:
 
 def load(path: "str | os.PathLike[str]", backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
-         use_optimized: bool = True) -> Session:
+         use_optimized: bool = True, cuda_graph: bool = True) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.
 
     backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
@@ -593,6 +601,8 @@ def load(path: "str | os.PathLike[str]", backend: str = "auto", device: int = 0,
     precision: "best" (the bundle's fastest variant that passed its accuracy gate) or fp32/fp16/int8/mixed.
     rebuild: TensorRT may compile an engine from the bundled ONNX when none matches this GPU.
     use_optimized: ONNX Runtime may use the bundle's offline-optimized model when it matches this CPU.
+    cuda_graph: TensorRT replays each slice as one captured CUDA graph (False: eager launches, for
+    debugging and for the graph == eager acceptance check).
     """
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
@@ -602,7 +612,8 @@ def load(path: "str | os.PathLike[str]", backend: str = "auto", device: int = 0,
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = open_bundle(Path(path))
     try:
-        options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device}
+        options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device,
+                   "cuda_graph": bool(cuda_graph)}
         cls, variant, why = _select_backend(bundle, backend, precision, options)
         manifest_batch = bundle.manifest["input"].get("max_batch")
         if cls.name == "tensorrt" and manifest_batch and max_batch > manifest_batch and not rebuild:

@@ -92,9 +92,11 @@ def _check_against_meta(sig: dict[str, Any], src: ModelSource, label: str) -> No
     if task == "classification" and (len(out) != 2 or out[1] != k):
         raise InputError(f"{label}: classification output {sig['output']['name']!r} has shape {out}, expected "
                          f"[N, {k}] for {k} labels")
-    if task == "segmentation" and (len(out) != 4 or out[1] != k):
+    # A one-channel segmentation head is a sigmoid (foreground where logit > 0): labels are then
+    # [background, foreground].
+    if task == "segmentation" and (len(out) != 4 or not (out[1] == k or (out[1] == 1 and k == 2))):
         raise InputError(f"{label}: segmentation output {sig['output']['name']!r} has shape {out}, expected "
-                         f"[N, {k}, H, W] for {k} labels")
+                         f"[N, {k}, H, W] for {k} labels (or [N, 1, H, W] with 2 labels)")
     if sig["output"]["dtype"] not in ("float32", "float16"):
         raise InputError(f"{label}: output dtype {sig['output']['dtype']} is not float32/float16")
 
