@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
-import platform
 import shlex
 import sys
 import traceback
@@ -35,7 +33,7 @@ from benchmarks import zoo  # noqa: E402
 from engine.bench import report  # noqa: E402
 from engine.bench.files import atomic_write_text, check_output_path  # noqa: E402
 from engine.bench.runner import TOTAL, BenchmarkRun, run_benchmark  # noqa: E402
-from engine.bench.stats import paired_difference, summarize  # noqa: E402
+from engine.bench.stats import paired_difference  # noqa: E402
 from engine.bench.timing import TimingPolicy  # noqa: E402
 
 GOALS = {"vs_torch": 5.0, "vs_ort_teacher": 2.5, "jitter": 1.3, "overhead_us": 30.0}
@@ -147,7 +145,10 @@ def section(title: str, run: BenchmarkRun, agreement: dict[str, float], json_nam
     for c in run.configurations:
         st = c.stats()
         t = st[TOTAL]
-        stage = lambda s: report.fmt_ms(st[s]["p50"]) if s in st else "-"  # noqa: E731
+
+        def stage(s: str, st: dict[str, Any] = st) -> str:
+            return report.fmt_ms(st[s]["p50"]) if s in st else "-"
+
         vs1 = "1" if c.name == SHORT[1] else _ratio_txt(run, SHORT[1], c.name)
         vs2 = "1" if c.name == SHORT[2] else _ratio_txt(run, SHORT[2], c.name)
         lines.append(f"| {c.name} | {report.fmt_ms(t['p50'])} | {report.fmt_ms(t['p90'])} | {report.fmt_ms(t['p99'])}"

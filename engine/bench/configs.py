@@ -152,7 +152,7 @@ class SessionConfig:
         self.last_result = r
         # The session's own "total" is dropped: the runner's wall clock around run() is the total, and
         # "other" then shows what Session.run costs beyond its stages.
-        return {k: int(round(v * 1e6)) for k, v in r.timings_ms.items() if k != "total" and v is not None}
+        return {k: round(v * 1e6) for k, v in r.timings_ms.items() if k != "total" and v is not None}
 
     def close(self) -> None:
         if self.session is not None:

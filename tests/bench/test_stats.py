@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.bench.stats import PERCENTILES, STAT_KEYS, paired_difference, paired_ratio, percentile_sorted, summarize
+from engine.bench.stats import (
+    PERCENTILES,
+    STAT_KEYS,
+    paired_difference,
+    paired_ratio,
+    percentile_sorted,
+    summarize,
+)
 from engine.errors import InputError
 
 
