@@ -1,0 +1,95 @@
+"""Which TensorRT engine a device runs: exact > hardware-compatible > version-compatible > rebuild >
+EngineMismatch with the reason and the fix. `pick_engine` is a pure function of the manifest, so the
+whole decision is tested here without a GPU; the plan bytes in these bundles are placeholders that are
+never deserialized."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.backends.tensorrt import pick_engine
+from engine.bundle import format as fmt
+from engine.bundle import open_bundle, write_bundle
+from engine.spec import PreprocessSpec
+
+
+def _engine(variant, trt, cc, compat="none", version_compatible=False):
+    names = fmt.engine_members(trt, cc, compat, variant)
+    return {**names, "variant": variant, "trt_version": trt, "compute_capability": list(cc),
+            "hardware_compat": compat, "version_compatible": version_compatible, "device_name": "test GPU",
+            "max_batch": 1}
+
+
+ENGINES = [_engine("int8", "11.4.0.106", (8, 7)), _engine("int8", "11.4.0.106", (8, 0), "ampere+"),
+           _engine("fp16", "11.2.1.5", (9, 0), version_compatible=True), _engine("fp32", "11.4.0.106", (7, 5))]
+
+
+def test_exact_match_wins():
+    e, why = pick_engine(ENGINES, "int8", (8, 7), "11.4.0.106")
+    assert e["plan"] == "engines/trt-11.4/sm_87.int8.plan" and why.startswith("exact engine")
+
+
+def test_hardware_compatible_engine_on_another_ampere_gpu():
+    e, why = pick_engine(ENGINES, "int8", (8, 9), "11.4.1.2")
+    assert e["plan"] == "engines/trt-11.4/ampere+.int8.plan" and "hardware-compatible" in why
+
+
+def test_version_compatible_engine_on_newer_tensorrt():
+    e, why = pick_engine(ENGINES, "fp16", (9, 0), "11.4.0.106")
+    assert e["plan"] == "engines/trt-11.2/sm_90.fp16.plan" and "version-compatible" in why
+    # ...but never on an older TensorRT, nor across a major version.
+    assert pick_engine(ENGINES, "fp16", (9, 0), "11.1.0")[0] is None
+    assert pick_engine(ENGINES, "fp16", (9, 0), "12.0.0")[0] is None
+
+
+def test_mismatch_names_what_the_bundle_has():
+    e, why = pick_engine(ENGINES, "fp32", (8, 6), "11.4.0.106")
+    assert e is None
+    assert "no engine fits sm_86 with TensorRT 11.4.0.106" in why and "sm_75" in why
+    e, why = pick_engine(ENGINES, "int8", (7, 5), "11.4.0.106")  # Turing: the Ampere+ plan does not apply
+    assert e is None and "ampere+" in why
+    e, why = pick_engine([], "int8", (8, 7), "11.4.0.106")
+    assert e is None and "built without TensorRT" in why
+
+
+def test_engine_members_are_keyed_by_version_and_gpu():
+    assert fmt.engine_members("11.4.0.106", (8, 7), "none", "int8") == {
+        "plan": "engines/trt-11.4/sm_87.int8.plan", "timing_cache": "engines/trt-11.4/sm_87.int8.timing.cache",
+        "build_log": "engines/trt-11.4/sm_87.int8.build.log", "layers": "engines/trt-11.4/sm_87.int8.layers.json"}
+
+
+def test_bundle_with_engines_round_trips_and_inspects(tmp_path):
+    manifest = {"format": fmt.FORMAT_NAME, "schema_version": fmt.SCHEMA_VERSION,
+                "model": {"name": "m", "task": "classification", "labels": ["a", "b"]},
+                "input": {"name": "input", "shape": [-1, 1, 8, 8], "dtype": "float32"},
+                "preprocess": PreprocessSpec(8, 8).to_dict(), "voi_policy": "dicom",
+                "output": {"name": "scores", "postprocess": "softmax"},
+                "variants": {"int8": {"onnx": "onnx/model.int8.onnx"}}, "engines": ENGINES[:2], "provenance": {}}
+    members = {"onnx/model.int8.onnx": b"placeholder onnx"}
+    for e in ENGINES[:2]:
+        for key in ("plan", "timing_cache", "build_log", "layers"):
+            members[e[key]] = f"placeholder {key}".encode()
+    path = write_bundle(tmp_path / "e.slicert", manifest, members)
+    with open_bundle(path) as b:
+        assert pick_engine(b.engines, "int8", (8, 6), "11.4.0.106")[0]["plan"] == "engines/trt-11.4/ampere+.int8.plan"
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "inspect", str(path)], capture_output=True, text=True,
+                         env={"COLUMNS": "220", **__import__("os").environ})
+    assert out.returncode == 0, out.stderr
+    assert "engines/trt-11.4/sm_87.int8.plan" in out.stdout and "ampere+" in out.stdout
+
+
+def test_manifest_engine_must_name_a_member(tmp_path):
+    from engine.errors import BundleError
+
+    manifest_engines = [_engine("int8", "11.4.0.106", (8, 7))]
+    manifest = {"format": fmt.FORMAT_NAME, "schema_version": fmt.SCHEMA_VERSION,
+                "model": {"name": "m", "task": "classification", "labels": ["a", "b"]},
+                "input": {"name": "input", "shape": [-1, 1, 8, 8], "dtype": "float32"},
+                "preprocess": PreprocessSpec(8, 8).to_dict(), "voi_policy": "dicom",
+                "output": {"name": "scores", "postprocess": "softmax"},
+                "variants": {"int8": {"onnx": "onnx/model.int8.onnx"}}, "engines": manifest_engines,
+                "provenance": {}}
+    with pytest.raises(BundleError, match=r"engines\[0\]\.plan names 'engines/trt-11\.4/sm_87\.int8\.plan'"):
+        write_bundle(tmp_path / "e.slicert", manifest, {"onnx/model.int8.onnx": b"x"})
