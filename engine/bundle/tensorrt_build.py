@@ -46,8 +46,9 @@ def tensorrt_unavailable_reason(device: int = 0, *, need_builder: bool = True) -
     modules = ("tensorrt",) if need_builder else ("tensorrt", "tensorrt_lean")
     reasons = []
     if not any(importlib.util.find_spec(m) is not None for m in modules):
-        reasons.append(f"no TensorRT Python module ({' or '.join(modules)}; install the [gpu] extra: "
-                       f"pip install 'slicert[gpu]')")
+        # No square brackets in this text: rich (slicert info) would read "[gpu]" as markup.
+        reasons.append(f"no TensorRT Python module ({' or '.join(modules)}; install SliceRT's gpu extra, "
+                       f"which is the tensorrt-cu13 wheel)")
     if not _native.cuda_compiled():
         reasons.append("SliceRT was built without CUDA (SLICERT_CUDA=OFF or nvcc missing at build time)")
     else:
