@@ -38,6 +38,7 @@ def _config_to_dict(c: ConfigResult) -> dict[str, Any]:
         "rss_before_load_mb": c.rss_before_load_mb,
         "rss_after_load_mb": c.rss_after_load_mb,
         "peak_rss_mb": c.peak_rss_mb,
+        "cold_start_process": c.cold_start_process,
         "stages": c.stages,
         "stats_ms": c.stats(),
         "samples_ns": {k: v.tolist() for k, v in c.samples_ns.items()},
@@ -90,7 +91,7 @@ def from_dict(d: dict[str, Any]) -> BenchmarkRun:
             load_ms=float(_req(c, "load_ms", where)), first_inference_ms=float(_req(c, "first_inference_ms", where)),
             cold_start_ms=float(_req(c, "cold_start_ms", where)), first_stages_ms=dict(c.get("first_stages_ms") or {}),
             rss_before_load_mb=c.get("rss_before_load_mb"), rss_after_load_mb=c.get("rss_after_load_mb"),
-            peak_rss_mb=c.get("peak_rss_mb")))
+            peak_rss_mb=c.get("peak_rss_mb"), cold_start_process=c.get("cold_start_process")))
     return BenchmarkRun(configurations=configs, settings=dict(_req(d, "settings", "report")),
                         environment=dict(_req(d, "environment", "report")),
                         started_utc=_req(d, "started_utc", "report"), finished_utc=_req(d, "finished_utc", "report"),
@@ -168,12 +169,13 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
             lat.caption_justify = "left"
         console.print(lat)
     summary = Table(title="Per configuration", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("configuration", "items/s", "cold start ms", "load ms", "1st call ms", "RSS MiB", "peak MiB"):
+    for col in ("configuration", "items/s", "cold start ms", "load ms", "1st call ms", "new process ms", "RSS MiB",
+                "peak MiB"):
         summary.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
         summary.add_row(c.name, f"{tp:.1f}" if tp else "-", fmt_ms(c.cold_start_ms), fmt_ms(c.load_ms),
-                        fmt_ms(c.first_inference_ms),
+                        fmt_ms(c.first_inference_ms), _process_cold_txt(c),
                         f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-",
                         f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-")
     console.print(summary)
@@ -189,6 +191,15 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     console.print(f"[dim]{run.settings.get('gc')}; CPU affinity {run.settings.get('cpu_affinity') or 'not pinned'}; "
                   f"load average {run.environment.get('loadavg_before')} -> "
                   f"{run.environment.get('loadavg_after')}[/dim]")
+
+
+def _process_cold_txt(c: ConfigResult) -> str:
+    """Median of `import engine` + load + first result in fresh processes (spawn-to-exit in brackets)."""
+    p = c.cold_start_process
+    if not p:
+        return "-"
+    m = p["median_ms"]
+    return f"{fmt_ms(m['import_to_first_result_ms'])} ({fmt_ms(m['spawn_to_exit_ms'])})"
 
 
 def _paired_txt(e: dict[str, Any]) -> str:
@@ -230,14 +241,15 @@ def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str =
         lines += ["", "Stages that were 0 on every call (not shown): "
                   + "; ".join(f"{k}: {', '.join(v)}" for k, v in idle.items()) + "."]
     lines += ["", "## Per configuration", "",
-              "| configuration | throughput/s | cold start ms | load ms | first inference ms | RSS after load MiB | "
-              "peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| configuration | throughput/s | cold start ms | load ms | first inference ms | new process: import + "
+              "load + first result ms (spawn to exit) | RSS after load MiB | peak RSS MiB |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
         rss = f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-"
         peak = f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-"
         lines.append(f"| {c.name} | {tp:.1f} | {fmt_ms(c.cold_start_ms)} | {fmt_ms(c.load_ms)} | "
-                     f"{fmt_ms(c.first_inference_ms)} | {rss} | {peak} |")
+                     f"{fmt_ms(c.first_inference_ms)} | {_process_cold_txt(c)} | {rss} | {peak} |")
     comps = run.comparisons(reference)
     if comps:
         lines += ["", "## Speed-up vs reference (total latency)", "",

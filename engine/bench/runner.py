@@ -136,6 +136,7 @@ class ConfigResult:
     rss_before_load_mb: float | None
     rss_after_load_mb: float | None
     peak_rss_mb: float | None  # process high-water mark at the end of the run (shared by all configs)
+    cold_start_process: dict[str, Any] | None = None  # fresh-process cold start (engine.bench.coldstart)
 
     @property
     def stages(self) -> list[str]:

@@ -21,7 +21,7 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
               threads: int | None = None, backend: str | None = None, json_out: Path | None = None,
               md_out: Path | None = None, plot_out: Path | None = None, compare: bool = False,
               reference: str | None = None, pin: str | None = None, keep_gc: bool = False, shuffle: bool = False,
-              force: bool = False, quiet: bool = False, console: Any = None) -> Any:
+              force: bool = False, cold_start_repeats: int = 3, quiet: bool = False, console: Any = None) -> Any:
     """The body of `slicert bench` (callable from Python); returns the BenchmarkRun."""
     from rich.console import Console
 
@@ -44,6 +44,8 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         raise InputError(f"--batch must be an integer >= 1, got {batch!r}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
+    if isinstance(cold_start_repeats, bool) or not isinstance(cold_start_repeats, int) or cold_start_repeats < 0:
+        raise InputError(f"--cold-start-repeats must be an integer >= 0, got {cold_start_repeats!r}")
     outputs = [(p, w) for p, w in ((json_out, "JSON report"), (md_out, "Markdown report"), (plot_out, "plot")) if p]
     if len({Path(p).resolve() for p, _ in outputs}) != len(outputs):
         raise InputError("--json, --md and --plot must name different files")
@@ -99,6 +101,13 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         if progress is not None and bar.live.is_started:
             bar.stop()
     run.command = ["slicert", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else list(sys.argv)
+    if cold_start_repeats:
+        # After the timed loop (never during it): fresh processes, so imports and first-touch are paid again.
+        from engine.bench.coldstart import measure_process_cold_start
+
+        for c in configs:
+            run.result(c.name).cold_start_process = measure_process_cold_start(
+                c.bundle, input, c.load_kwargs, repeats=cold_start_repeats)
     if not quiet:
         report.render_table(run, reference=reference, console=console)
         warn = _busy_warning(run.environment)
@@ -148,6 +157,8 @@ def register(app: typer.Typer) -> None:
         keep_gc: bool = typer.Option(False, "--keep-gc", help="Leave the garbage collector on while timing."),
         shuffle: bool = typer.Option(False, "--shuffle", help="Random (seeded) order within each round."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing report files."),
+        cold_start_repeats: int = typer.Option(3, "--cold-start-repeats",
+                                               help="Fresh processes timed from launch to first result (0 = skip)."),
     ) -> None:
         """Latency per stage (p50/p90/p99/p99.9/max), jitter, throughput, cold start, memory; interleaved compare."""
         from engine.errors import SliceRTError
@@ -155,7 +166,7 @@ def register(app: typer.Typer) -> None:
         try:
             run_bench(bundles, input=input, n=n, warmup=warmup, batch=batch, threads=threads, backend=backend,
                       json_out=json_out, md_out=md_out, plot_out=plot_out, compare=compare, reference=reference,
-                      pin=pin, keep_gc=keep_gc, shuffle=shuffle, force=force)
+                      pin=pin, keep_gc=keep_gc, shuffle=shuffle, force=force, cold_start_repeats=cold_start_repeats)
         except SliceRTError as exc:
             typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
             raise typer.Exit(code=2) from None

@@ -32,7 +32,8 @@ def test_missing_bundle(cli, tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [(["--n", "0"], "--n"), (["--warmup", "-1"], "--warmup"),
-                                        (["--threads", "0"], "--threads"), (["--batch", "0"], "--batch")])
+                                        (["--threads", "0"], "--threads"), (["--batch", "0"], "--batch"),
+                                        (["--cold-start-repeats", "-1"], "--cold-start-repeats")])
 def test_bad_counts(cli, tmp_path, args, match):
     r = cli(tmp_path / "x.slicert", *args)
     assert r.exit_code == 2 and "InputError" in r.output and match in r.output
@@ -107,7 +108,7 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
 
     out_json, out_md, out_png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
     r = cli(tiny_bundle, "--input", "synthetic:200x180", "--n", "30", "--warmup", "3", "--threads", "1",
-            "--json", out_json, "--md", out_md, "--plot", out_png)
+            "--json", out_json, "--md", out_md, "--plot", out_png, "--cold-start-repeats", "1")
     assert r.exit_code == 0, r.output
     assert "p99.9" in r.output and "preprocess" in r.output  # the table went to the terminal
     d = json.loads(out_json.read_text())
@@ -119,6 +120,9 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
     assert c["cold_start_ms"] >= c["first_inference_ms"] > 0
     assert d["settings"]["threads"] == 1
     assert report.read_json(out_json).configurations[0].stats() == c["stats_ms"]
+    cp = c["cold_start_process"]  # fresh processes: import + load + first result, measured after the loop
+    assert cp["repeats"] == 1 and len(cp["load_ms"]) == 1
+    assert cp["spawn_to_exit_ms"][0] > cp["import_to_first_result_ms"][0] > cp["load_ms"][0] > 0
     md = out_md.read_text()
     assert "| tiny | total |" in md and "| tiny | preprocess |" in md
     # A raw array needs no decoding and the CPU has no h2d/d2h: kept (as zeros) in the JSON, not in tables.
@@ -127,10 +131,10 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     # A second run must not overwrite the results...
     before = out_json.read_bytes()
-    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json)
+    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--cold-start-repeats", "0")
     assert r.exit_code == 2 and "OutputExists" in r.output and out_json.read_bytes() == before
     # ... unless asked to.
-    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--force")
+    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--force", "--cold-start-repeats", "0")
     assert r.exit_code == 0 and json.loads(out_json.read_text())["settings"]["n"] == 2
 
 
@@ -139,7 +143,8 @@ def test_cli_compare_interleaves_configurations(cli, tiny_bundle, tmp_path):
 
     out = tmp_path / "c.json"
     r = cli("--compare", f"{tiny_bundle}:threads=1,name=one", f"{tiny_bundle}:threads=2,name=two",
-            "--input", "synthetic:64x64", "--n", "20", "--warmup", "2", "--json", out, "--reference", "two")
+            "--input", "synthetic:64x64", "--n", "20", "--warmup", "2", "--json", out, "--reference", "two",
+            "--cold-start-repeats", "0")
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert [c["name"] for c in d["configurations"]] == ["one", "two"]
@@ -155,7 +160,8 @@ def test_cli_batch_and_dicom_input(cli, tiny_bundle, tmp_path):
 
     path = get_testdata_file("CT_small.dcm", download=False)
     out = tmp_path / "b.json"
-    r = cli(tiny_bundle, "--input", path, "--batch", "2", "--n", "5", "--warmup", "1", "--json", out)
+    r = cli(tiny_bundle, "--input", path, "--batch", "2", "--n", "5", "--warmup", "1", "--json", out,
+            "--cold-start-repeats", "0")
     assert r.exit_code == 0, r.output
     c = json.loads(out.read_text())["configurations"][0]
     assert c["items_per_call"] == 2 and c["meta"]["load_kwargs"]["max_batch"] == 2
