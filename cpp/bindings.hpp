@@ -6,4 +6,5 @@ namespace slicert {
 void bind_cuda_info(pybind11::module_& m);
 void bind_preprocess(pybind11::module_& m);
 void bind_cuda_resources(pybind11::module_& m);
+void bind_postprocess(pybind11::module_& m);
 }  // namespace slicert

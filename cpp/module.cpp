@@ -46,4 +46,5 @@ PYBIND11_MODULE(_native, m) {
   slicert::bind_cuda_info(m);
   slicert::bind_preprocess(m);
   slicert::bind_cuda_resources(m);
+  slicert::bind_postprocess(m);
 }

@@ -1,0 +1,67 @@
+// Per-pixel post-processing shared by cpp/postprocess.cpp (host) and kernels/postprocess.cu
+// (device): class decision from logits and the output-to-source nearest-neighbour mapping.
+#pragma once
+
+#include <cstdint>
+
+#include "preprocess_math.cuh"
+
+namespace slicert {
+namespace pm {
+
+// IEEE binary16 bits -> float (exact), for FP16 logits from a reduced-precision engine.
+SLICERT_HD float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1fu) {
+    bits = sign | 0x7f800000u | (mant << 13);  // Inf / NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    int e = -1;
+    do {
+      ++e;
+      mant <<= 1;
+    } while ((mant & 0x400u) == 0);
+    bits = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+SLICERT_HD float logit_value(float v) { return v; }
+SLICERT_HD float logit_value(uint16_t half_bits) { return half_to_float(half_bits); }
+
+// Class of one pixel from K logit planes (plane stride `plane` elements). K == 1 is a binary
+// (sigmoid) head: foreground where the logit is > 0, i.e. sigmoid > 0.5. Ties go to the lower class,
+// as numpy.argmax does; a NaN logit never wins.
+template <typename T>
+SLICERT_HD uint8_t argmax_class(const T* logits, int K, int64_t plane) {
+  if (K == 1) return logit_value(logits[0]) > 0.0f ? 1 : 0;
+  int best = 0;
+  float best_v = logit_value(logits[0]);
+  for (int k = 1; k < K; ++k) {
+    const float v = logit_value(logits[k * plane]);
+    if (v > best_v || (best_v != best_v && v == v)) {
+      best_v = v;
+      best = k;
+    }
+  }
+  return static_cast<uint8_t>(best);
+}
+
+// Source pixel index (row or column, relative to the ROI) -> mask index along one axis: nearest
+// from the ROI back to the letterboxed content (as cv2.resize INTER_NEAREST does), then from the
+// output plane to the mask (which may have another resolution than the model input).
+SLICERT_HD int source_to_mask(int r, int roi_len, int content_off, int content_len, int out_len, int mask_len) {
+  const AxisMap back = make_axis(content_len, roi_len, AX_NEAREST);
+  const int c = taps2(back, r).s0;
+  const AxisMap to_mask = make_axis(mask_len, out_len, AX_NEAREST);  // mask upsampled to the output grid
+  return taps2(to_mask, content_off + c).s0;
+}
+
+}  // namespace pm
+}  // namespace slicert
