@@ -17,17 +17,19 @@ rebuild=True > EngineMismatch naming what the bundle has and what this device is
 Thread model: one execution context, stream and buffer set per backend instance; `fork()` gives a
 concurrent caller its own (TensorRT contexts must not be shared across threads).
 
-Native contract used (engine._native, CUDA build): Stream(device) {.handle, .synchronize()},
-DeviceBuffer(nbytes, device) {.ptr, .nbytes}, PinnedBuffer(nbytes) {.ptr, .nbytes, buffer protocol},
-memcpy_htod_async(dst_ptr, src_ptr, nbytes, stream), memcpy_dtoh_async(dst_ptr, src_ptr, nbytes, stream),
-Event(device) {.record(stream), .elapsed_ms(end)}, CudaGraph {.begin_capture(stream),
-.end_capture(stream), .launch(stream)}, preprocess_cuda_into(out_ptr, out_batch, src_ptr, src_h, src_w,
-src_strides_bytes, src_dtype, prepared_spec, batch_index, stream); optional argmax_cuda_into(out_ptr,
-logits_ptr, batch, classes, h, w, stream). `availability()` names what is missing.
+Native API used (engine._native, cpp/cuda_resources.cpp): Stream(device) {.handle, .synchronize()},
+DeviceBuffer(nbytes, device) {.ptr, .copy_from_host(array, stream), .copy_to_host(array, stream)},
+PinnedBuffer(nbytes) {.ptr, .array(dtype, shape)}, Event(timing, device) {.record(stream),
+.elapsed_ms(start)}, CudaGraph {.begin_capture, .end_capture, .launch}, cuda_prepare(spec, device)
+(LUT upload before capture), preprocess_cuda_into(out, x, shape, strides, dtype, spec, stream,
+batch_index, check_finite). Post-processing (softmax / argmax / mask back to source) runs on the
+host after the D2H copy of the outputs: the native module has no device post-processing kernel yet.
+`availability()` names whatever is missing.
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,10 +37,9 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.errors import BackendUnavailable, BundleError, CudaError, EngineMismatch, InputError
 
-NATIVE_CONTRACT = ("Stream", "DeviceBuffer", "PinnedBuffer", "Event", "CudaGraph", "memcpy_htod_async",
-                   "memcpy_dtoh_async", "preprocess_cuda_into")
-_DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.uint16): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
-                np.dtype(np.float32): 4}
+NATIVE_CONTRACT = ("Stream", "DeviceBuffer", "PinnedBuffer", "Event", "CudaGraph", "preprocess_cuda_into",
+                   "cuda_prepare")
+_DTYPE_NAMES = {np.dtype(t): np.dtype(t).name for t in (np.uint8, np.uint16, np.int16, np.int32, np.float32)}
 
 
 def _missing_native() -> list[str]:
@@ -207,15 +208,14 @@ class TensorRTBackend(Backend):
             nbytes = int(np.prod(shape)) * dtype.itemsize
             self._d_outputs[name] = _native.DeviceBuffer(nbytes, self.device)
             self._h_outputs[name] = _native.PinnedBuffer(nbytes)
-            self._out_arrays[name] = np.frombuffer(self._h_outputs[name], dtype=dtype,
-                                                   count=int(np.prod(shape))).reshape(shape)
+            self._out_arrays[name] = self._h_outputs[name].array(dtype, list(shape))  # pinned: async D2H
             self._context.set_tensor_address(name, self._d_outputs[name].ptr)
         self._current_batch = self.max_batch
-        self._raw: list[tuple[Any, Any, int]] = []  # per slot: (pinned, device, capacity bytes)
+        self._raw: list[tuple[Any, Any, int]] = []  # per batch slot: (PinnedBuffer, DeviceBuffer, capacity)
         self._slots: list[tuple | None] = [None] * self.max_batch
         self._graphs: dict[tuple, Any] = {}
         self._seen: set[tuple] = set()
-        self._events = [_native.Event(self.device) for _ in range(5)]
+        self._events = [_native.Event(True, self.device) for _ in range(5)]
         self._views = {n: {k: a[:n] for k, a in self._out_arrays.items()} for n in range(1, self.max_batch + 1)}
         self._warm_up()
 
@@ -273,11 +273,11 @@ class TensorRTBackend(Backend):
             self._raw.append((None, None, 0))
         pinned, device, cap = self._raw[index]
         if cap < nbytes:
-            # Grows only when a larger image arrives (then graphs using the old buffer are dropped).
+            # Grows only when a larger image arrives; captured graphs hold the old addresses.
             cap = max(nbytes, 2 * cap)
             pinned, device = _native.PinnedBuffer(cap), _native.DeviceBuffer(cap, self.device)
             self._raw[index] = (pinned, device, cap)
-            self._graphs.clear()  # captured graphs hold the old addresses
+            self._graphs.clear()
         return pinned, device
 
     def stage_impl(self, x, spec, index, frame, prepared) -> None:
@@ -288,16 +288,19 @@ class TensorRTBackend(Backend):
             self._slots[index] = self._device_source(x, native_spec)
             return
         view = source_view(x, spec, frame)
-        code = _DTYPE_CODES.get(view.dtype)
-        if code is None:
+        dtype = _DTYPE_NAMES.get(view.dtype)
+        if dtype is None:
             raise InputError(f"input dtype {view.dtype} is not supported by the CUDA kernel")
+        if dtype == "float32" and not math.isfinite(float(view.sum(dtype=np.float64))):
+            # Checked here, not in the kernel: a captured graph cannot read the kernel's check back.
+            raise InputError("input pixels contain NaN or Inf; SliceRT refuses non-finite pixels instead of "
+                             "guessing a value")
         pinned, device = self._raw_slot(index, view.nbytes)
         # Raw stored values (e.g. uint16), compacted into pinned memory: half the bytes of float32 over PCIe.
-        staged = np.frombuffer(pinned, dtype=view.dtype, count=view.size).reshape(view.shape)
+        staged = pinned.array(view.dtype, list(view.shape))
         np.copyto(staged, view)
-        strides = tuple(int(s) for s in staged.strides)
-        self._slots[index] = ("host", pinned.ptr, device.ptr, view.nbytes, view.shape[0], view.shape[1], strides,
-                              code, native_spec)
+        self._slots[index] = ("host", staged, device, pinned.ptr, device.ptr, tuple(view.shape),
+                              tuple(int(v) for v in staged.strides), dtype, native_spec)
 
     def _device_source(self, x, native_spec):
         cai = getattr(x, "__cuda_array_interface__", None)
@@ -305,43 +308,37 @@ class TensorRTBackend(Backend):
             raise InputError("DLPack GPU tensors: pass an object with __cuda_array_interface__ (CuPy, PyTorch CUDA "
                              "tensors and pycuda GPUArrays have it)")
         dtype = np.dtype(cai["typestr"])
-        code = _DTYPE_CODES.get(dtype)
-        shape = tuple(cai["shape"])
-        if code is None or len(shape) not in (2, 3):
+        shape = tuple(int(v) for v in cai["shape"])
+        if dtype not in _DTYPE_NAMES or len(shape) not in (2, 3):
             raise InputError(f"device array {dtype}{list(shape)}: need (H, W) or (H, W, 3) of uint8/uint16/int16/"
                              f"int32/float32")
         strides = cai.get("strides") or tuple(int(np.prod(shape[i + 1:])) * dtype.itemsize
                                                for i in range(len(shape)))
         ptr = int(cai["data"][0])
-        return ("device", None, ptr, 0, shape[0], shape[1], tuple(int(s) for s in strides), code, native_spec)
+        return ("device", None, ptr, 0, ptr, shape, tuple(int(v) for v in strides), _DTYPE_NAMES[dtype], native_spec)
 
-    def _enqueue(self, n: int, timed: bool) -> None:
+    def _enqueue(self, n: int, *, capturing: bool) -> None:
         from engine import _native
 
         ev = self._events
         stream = self._stream
-        if timed:
-            ev[0].record(stream)
-        for i in range(n):
-            kind, h_ptr, d_ptr, nbytes = self._slots[i][:4]
+        ev[0].record(stream)
+        for kind, staged, device, *_ in self._slots[:n]:
             if kind == "host":
-                _native.memcpy_htod_async(d_ptr, h_ptr, nbytes, stream)
-        if timed:
-            ev[1].record(stream)
-        for i in range(n):
-            _k, _h, d_ptr, _nb, h, w, strides, code, native_spec = self._slots[i]
-            _native.preprocess_cuda_into(self._d_input.ptr, n, d_ptr, h, w, strides, code, native_spec, i, stream)
-        if timed:
-            ev[2].record(stream)
+                device.copy_from_host(staged, stream)  # pinned -> device, asynchronous
+        ev[1].record(stream)
+        for i, (kind, _st, src, _hp, _dp, shape, strides, dtype, native_spec) in enumerate(self._slots[:n]):
+            # Host inputs were checked for NaN/Inf before staging; device float32 inputs are scanned by
+            # the kernel (eager only: such batches are never captured).
+            _native.preprocess_cuda_into(self._d_input, src, list(shape), list(strides), dtype, native_spec, stream,
+                                         i, kind == "device" and not capturing)
+        ev[2].record(stream)
         if not self._context.execute_async_v3(stream.handle):
             raise CudaError("TensorRT execute_async_v3 failed", device=self.device)
-        if timed:
-            ev[3].record(stream)
+        ev[3].record(stream)
         for name in self._output_names:
-            nbytes = self._out_arrays[name][:n].nbytes
-            _native.memcpy_dtoh_async(self._h_outputs[name].ptr, self._d_outputs[name].ptr, nbytes, stream)
-        if timed:
-            ev[4].record(stream)
+            self._d_outputs[name].copy_to_host(self._out_arrays[name][:n], stream)
+        ev[4].record(stream)
 
     def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]:
         from engine import _native
@@ -352,29 +349,35 @@ class TensorRTBackend(Backend):
         self._set_batch(n)
         # A graph bakes in every address and launch parameter: key on all of them. Caller-owned device
         # arrays change address per call, so those batches run eagerly.
-        key = (n, tuple(s[:8] + (id(s[8]),) for s in self._slots[:n]))
+        key = (n, tuple((s[0], s[3], s[4], s[5], s[6], s[7], id(s[8])) for s in self._slots[:n]))
         use_graph = self.options.get("cuda_graph", True) and all(s[0] == "host" for s in self._slots[:n])
         graph = self._graphs.get(key) if use_graph else None
         if graph is not None:
             graph.launch(self._stream)
         elif use_graph and key in self._seen:
-            # Second time this shape is seen: capture once, then replay from now on.
+            # Second time this exact configuration runs: capture it once, replay it from now on.
+            for s in self._slots[:n]:
+                _native.cuda_prepare(s[8], self.device)  # LUT tables must be on the device before capture
             graph = _native.CudaGraph()
             graph.begin_capture(self._stream)
-            self._enqueue(n, timed=True)
-            graph.end_capture(self._stream)
+            try:
+                self._enqueue(n, capturing=True)
+            finally:
+                graph.end_capture(self._stream)
+            if len(self._graphs) >= 64:  # bounded: e.g. a series of ever-changing image sizes
+                self._graphs.clear()
             self._graphs[key] = graph
             graph.launch(self._stream)
         else:
             if use_graph:
-                if len(self._seen) > 256:  # e.g. a stream of ever-changing sizes: stop remembering
+                if len(self._seen) > 256:
                     self._seen.clear()
                 self._seen.add(key)
-            self._enqueue(n, timed=True)
+            self._enqueue(n, capturing=False)
         self._stream.synchronize()
         ev = self._events
-        self.stage_ms = {"h2d": ev[0].elapsed_ms(ev[1]), "preprocess": ev[1].elapsed_ms(ev[2]),
-                         "infer": ev[2].elapsed_ms(ev[3]), "d2h": ev[3].elapsed_ms(ev[4])}
+        self.stage_ms = {"h2d": ev[1].elapsed_ms(ev[0]), "preprocess": ev[2].elapsed_ms(ev[1]),
+                         "infer": ev[3].elapsed_ms(ev[2]), "d2h": ev[4].elapsed_ms(ev[3])}
         return self._views[n]
 
     def infer_tensors_impl(self, feed, batch_size: int) -> dict[str, np.ndarray]:
@@ -382,13 +385,13 @@ class TensorRTBackend(Backend):
 
         arr = np.ascontiguousarray(feed[self._in_name])
         staging = _native.PinnedBuffer(arr.nbytes)
-        np.frombuffer(staging, dtype=arr.dtype, count=arr.size)[:] = arr.ravel()
+        staged = staging.array(arr.dtype, list(arr.shape))
+        staged[...] = arr
         self._set_batch(batch_size)
-        _native.memcpy_htod_async(self._d_input.ptr, staging.ptr, arr.nbytes, self._stream)
+        self._d_input.copy_from_host(staged, self._stream)
         if not self._context.execute_async_v3(self._stream.handle):
             raise CudaError("TensorRT execute_async_v3 failed", device=self.device)
         for name in self._output_names:
-            nbytes = self._out_arrays[name][:batch_size].nbytes
-            _native.memcpy_dtoh_async(self._h_outputs[name].ptr, self._d_outputs[name].ptr, nbytes, self._stream)
+            self._d_outputs[name].copy_to_host(self._out_arrays[name][:batch_size], self._stream)
         self._stream.synchronize()
         return {k: v[:batch_size].copy() for k, v in self._out_arrays.items()}

@@ -145,3 +145,72 @@ def test_listing_copy_matches_reference_when_present():
         pytest.skip("shared reference listing not on this machine; the repo copy is the source of truth")
     for f in ref.iterdir():
         assert (API / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+# -- the native CUDA resources the backend drives (engine._native, cpp/cuda_resources.cpp) ---------------
+NATIVE_TYPED = {"self._stream": "Stream", "stream": "Stream", "self._d_input": "DeviceBuffer", "device": "DeviceBuffer",
+                "self._d_outputs[]": "DeviceBuffer", "self._h_outputs[]": "PinnedBuffer", "pinned": "PinnedBuffer",
+                "staging": "PinnedBuffer", "graph": "CudaGraph", "ev[]": "Event"}
+
+
+def _dotted_sub(node: ast.AST) -> str | None:
+    """Like _dotted, with `a[i]` rendered as `a[]`."""
+    if isinstance(node, ast.Subscript):
+        inner = _dotted_sub(node.value)
+        return None if inner is None else inner + "[]"
+    if isinstance(node, ast.Attribute):
+        inner = _dotted_sub(node.value)
+        return None if inner is None else f"{inner}.{node.attr}"
+    if isinstance(node, ast.Name):
+        return node.id
+    return None
+
+
+def _signature_params(func) -> list[tuple[str, bool]]:
+    """[(name, has_default)] from a pybind11 docstring's first line."""
+    first = func.__doc__.strip().splitlines()[0]
+    inner = first[first.index("(") + 1:first.rindex(")")]
+    params, depth, cur = [], 0, ""
+    for ch in inner:
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            params.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    params.append(cur.strip())
+    return [(p.split(":")[0].strip(), "=" in p) for p in params if p and not p.startswith("self")]
+
+
+def test_backend_uses_only_native_api_that_exists():
+    from engine import _native
+
+    tree = ast.parse(SOURCES[1].read_text())
+    problems, seen = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            chain = _dotted_sub(node.value)
+            if chain == "_native" and not hasattr(_native, node.attr):
+                problems.append(f"_native.{node.attr} does not exist")
+            if chain in NATIVE_TYPED:
+                seen.add(chain)
+                if not hasattr(getattr(_native, NATIVE_TYPED[chain]), node.attr):
+                    problems.append(f"{chain}.{node.attr}: _native.{NATIVE_TYPED[chain]} has no {node.attr!r}")
+        if isinstance(node, ast.Call) and _dotted_sub(node.func) and _dotted_sub(node.func).startswith("_native."):
+            name = _dotted_sub(node.func).split(".", 1)[1]
+            func = getattr(_native, name, None)
+            target = func.__init__ if isinstance(func, type) else func
+            if func is None or not (target.__doc__ or "").strip():
+                continue
+            params = _signature_params(target)
+            required = sum(1 for _, d in params if not d)
+            n_args = len(node.args) + len(node.keywords)
+            if not required <= n_args <= len(params):
+                problems.append(f"_native.{name}: called with {n_args} arguments, signature takes {required}.."
+                                f"{len(params)} ({[p for p, _ in params]})")
+            for kw in node.keywords:
+                if kw.arg not in {p for p, _ in params}:
+                    problems.append(f"_native.{name}: no parameter {kw.arg!r}")
+    assert problems == []
+    assert seen == set(NATIVE_TYPED), f"typed names never used (stale table?): {set(NATIVE_TYPED) - seen}"
