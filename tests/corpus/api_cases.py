@@ -104,6 +104,14 @@ def array_cases() -> list[Case]:
         cases.append(_run(f"array/spec-{name}", recipe, "InputError", match,
                           f"spec=session.spec.replace({changes})", native=name in ("roi-outside", "rgb-for-grey"),
                           spec={"make": "spec", "spec": changes}))
+    # segmenter: the pixel spacing turns pixel counts into mm², so it must be physical
+    for spacing, label in [((0.0, 1.0), "zero"), ((-1.0, 1.0), "negative"), ((math.nan, 1.0), "nan"),
+                           ((math.inf, 1.0), "inf"), ("abc", "text"), ((1.0,), "one-value"),
+                           ((1.0, 2.0, 3.0), "three-values"), ((1e300, 1e300), "overflowing-area"),
+                           ([[0.5, 0.5]], "nested")]:
+        cases.append(_run(f"array/segmenter-pixel-spacing-{label}", _arr(), "InputError", r"pixel.spacing",
+                          f"segmenter run with pixel_spacing_mm={spacing!r}", session="segmenter",
+                          pixel_spacing_mm=spacing))
     cases.append(_run("array/spec-not-a-spec", _arr(), "InputError", r"PreprocessSpec", "spec={} (a dict)",
                       spec={"make": "value", "value": {}}))
     # degenerate but valid: accepted, result finite and identical to the same pixels laid out plainly

@@ -11,7 +11,7 @@ from typing import Any
 
 # How a case is run (tests/reliability/runner.py implements each one).
 ENTRIES = (
-    "session.run",       # Session.run(input, **kwargs) on the corpus classifier session
+    "session.run",       # Session.run(input, **kwargs) on the corpus classifier (kwargs session="segmenter": segmenter)
     "session.stream",    # list(Session.stream(input, drop_stale=False, **kwargs))
     "session.run_batch", # Session.run_batch([valid, input])
     "dicom.read",        # engine.dicom.read(input, **kwargs), then every frame decoded

@@ -52,10 +52,12 @@ class Sessions:
 
         self.corpus = corpus
         self.classifier = engine.load(corpus / bundle_files.VALID_CLASSIFIER)
+        self.segmenter = engine.load(corpus / bundle_files.VALID_SEGMENTER)
         rng = np.random.default_rng(99)
         self.valid_inputs: list[Any] = [rng.integers(0, 4096, (64, 64)).astype(np.uint16),
                                         str(dicom_files.parent_path(dicom_files.CT))]
         self.baseline = [self.classifier.run(x).scores.copy() for x in self.valid_inputs]
+        self.baseline_mask = self.segmenter.run(self.valid_inputs[0], pixel_spacing_mm=(0.5, 0.5)).mask.copy()
 
     def still_usable(self) -> str | None:
         if self.classifier.closed:
@@ -67,10 +69,17 @@ class Sessions:
                 return f"a valid input failed after the case: {type(exc).__name__}: {exc}"
             if not np.array_equal(got, want):
                 return f"a valid input gave different scores after the case: {got} != {want}"
+        try:
+            mask = self.segmenter.run(self.valid_inputs[0], pixel_spacing_mm=(0.5, 0.5)).mask
+        except Exception as exc:  # noqa: BLE001
+            return f"the segmenter failed on a valid input after the case: {type(exc).__name__}: {exc}"
+        if not np.array_equal(mask, self.baseline_mask):
+            return "the segmenter's mask for a valid input changed after the case"
         return None
 
     def close(self) -> None:
         self.classifier.close()
+        self.segmenter.close()
 
 
 @contextlib.contextmanager
@@ -118,8 +127,8 @@ def _call(case: Case, sessions: Sessions) -> Any:
     from engine.spec import PreprocessSpec
 
     corpus = sessions.corpus
-    session = sessions.classifier
     kw = dict(case.kwargs)
+    session = sessions.segmenter if kw.pop("session", "classifier") == "segmenter" else sessions.classifier
     path = corpus / case.file if case.file else None
     if case.entry in ("session.run", "session.stream", "session.run_batch", "dicom.read"):
         if path is not None:
