@@ -270,7 +270,7 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
                 np.subtract(raw, raw.max(), out=scores)
                 np.exp(scores, out=scores)
                 np.divide(scores, scores.sum(), out=scores)
-                return int(scores.argmax())
+                return scores
             from engine import postprocess as pp
 
             mask = pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec)
@@ -331,7 +331,7 @@ def raw_calls(name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, 
                 np.subtract(raw, raw.max(), out=scores)
                 np.exp(scores, out=scores)
                 np.divide(scores, scores.sum(), out=scores)
-                return int(scores.argmax())
+                return scores
             from engine import postprocess as pp
 
             return pp.class_areas_mm2(pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec), None, k)
