@@ -233,6 +233,55 @@ def preprocess_cases() -> list[Case]:
     return cases
 
 
+# -- engine.postprocess direct ---------------------------------------------------------------------------
+def postprocess_cases() -> list[Case]:
+    spec = {"make": "spec", "base": "default", "spec": _spec_dict()}
+    cases: list[Case] = []
+
+    def add(name: str, fn: str, recipe: dict, expect: str, match: str, why: str, **kwargs) -> None:
+        cases.append(Case(id=f"postprocess/{fn}-{name}", group="postprocess", entry="postprocess", expect=expect,
+                          match=match, why=why, recipe=recipe, kwargs={"fn": fn, **kwargs}, native=True))
+
+    logits = _arr("float32", (3, 32, 32))
+    add("2d-logits", "argmax_mask", _arr("float32", (32, 32)), "InputError", r"\(K, H, W\)", "(H, W) logits")
+    add("batch-of-2", "argmax_mask", _arr("float32", (2, 3, 32, 32)), "InputError", r"batch of 2",
+        "a batch of 2 logit maps")
+    add("300-classes", "argmax_mask", _arr("float32", (300, 4, 4)), "InputError", r"class|255|256|uint8",
+        "300 classes cannot be stored in a uint8 mask")
+    add("empty-classes", "argmax_mask", _arr("float32", (0, 32, 32)), "InputError", r"empty|class|shape",
+        "zero classes")
+    add("complex-logits", "argmax_mask", _arr("complex64", (3, 8, 8)), "InputError", r"dtype|numeric",
+        "complex logits")
+    add("out-wrong-shape", "argmax_mask", logits, "InputError", r"out|shape", "out buffer 16 x 16 for 32 x 32 logits",
+        out={"dtype": "uint8", "shape": [16, 16]})
+    add("out-wrong-dtype", "argmax_mask", logits, "InputError", r"out|dtype|uint8", "float32 out buffer",
+        out={"dtype": "float32", "shape": [32, 32]})
+    add("out-readonly", "argmax_mask", logits, "InputError", r"read-only|writ", "read-only out buffer",
+        out={"dtype": "uint8", "shape": [32, 32], "readonly": True})
+    add("nan-logits", "argmax_mask", _arr("float32", (3, 8, 8), ["nan", "all"]), ACCEPTED, r"",
+        "all-NaN logits: documented as 'a NaN logit never wins' (mask of class 0)")
+    mask = _arr("uint8", (32, 32))
+    add("src-zero-rows", "mask_to_source", mask, "InputError", r"source size", "src_hw (0, 64)", src_hw=[0, 64],
+        spec=spec)
+    add("src-negative", "mask_to_source", mask, "InputError", r"source size", "src_hw (-5, 64)", src_hw=[-5, 64],
+        spec=spec)
+    add("mask-int16-negative", "mask_to_source", _arr("int16", (32, 32), ["fill", -3]), "InputError",
+        r"class indices", "a mask of -3", src_hw=[64, 64], spec=spec)
+    add("mask-float", "mask_to_source", _arr("float32", (32, 32)), "InputError", r"class indices|dtype",
+        "a float mask", src_hw=[64, 64], spec=spec)
+    add("mask-3d", "mask_to_source", _arr("uint8", (3, 32, 32)), "InputError", r"mask|shape|2-D", "a 3-D mask",
+        src_hw=[64, 64], spec=spec)
+    add("out-wrong-shape", "mask_to_source", mask, "InputError", r"out has shape", "out 32 x 32 for a 64 x 64 source",
+        src_hw=[64, 64], spec=spec, out={"dtype": "uint8", "shape": [32, 32]})
+    add("out-wrong-dtype", "mask_to_source", mask, "InputError", r"out|dtype|uint8", "float32 out",
+        src_hw=[64, 64], spec=spec, out={"dtype": "float32", "shape": [64, 64]})
+    add("roi-outside-source", "mask_to_source", mask, "InputError", r"roi", "spec ROI beyond the 16 x 16 source",
+        src_hw=[16, 16], spec={"make": "spec", "base": "default", "spec": {**_spec_dict(), "roi": [0, 0, 40, 40]}})
+    add("spec-not-a-spec", "mask_to_source", mask, "InputError", r"PreprocessSpec", "spec given as a dict",
+        src_hw=[64, 64], spec={"make": "value", "value": _spec_dict()})
+    return cases
+
+
 # -- engine.load arguments ------------------------------------------------------------------------------------
 def load_cases(valid_bundle: str) -> list[Case]:
     cases: list[Case] = []

@@ -22,6 +22,7 @@ ENTRIES = (
     "preprocess",        # engine.preprocess.preprocess(x, spec, **kwargs)
     "preprocess_into",   # engine.preprocess.preprocess_into(out, x, spec, ...)
     "set_num_threads",   # engine.preprocess.set_num_threads(n)
+    "postprocess",       # engine.postprocess.<kwargs fn>(input, ...)
 )
 
 # `expect` is the name of an engine.errors class, or ACCEPTED for degenerate-but-valid inputs
@@ -32,7 +33,7 @@ ACCEPTED = "accepted"
 @dataclass(frozen=True)
 class Case:
     id: str  # "<group>/<parent>/<mutation>", unique
-    group: str  # dicom | array | spec | bundle | load | preprocess | engine
+    group: str  # dicom | array | spec | bundle | load | preprocess | postprocess
     entry: str  # one of ENTRIES
     expect: str  # engine.errors class name, or ACCEPTED
     match: str  # regex (case-insensitive) the error message must match: it names the problem

@@ -61,6 +61,7 @@ def generate(out: Path) -> list[Case]:
     cases += dicom_files.generate(out)
     cases += api_cases.array_cases()
     cases += api_cases.preprocess_cases()
+    cases += api_cases.postprocess_cases()
     cases += api_cases.load_cases(bundle_files.VALID_CLASSIFIER)
     cases += api_cases.spec_cases(out)
     ids = Counter(c.id for c in cases)

@@ -27,7 +27,8 @@ from tests.corpus.case import ACCEPTED, Case
 # pathological work (e.g. decoding gigapixels) on a 2-core machine shared with other jobs.
 CASE_TIME_BOUND_S = 10.0
 
-_OUT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "float64": np.float64}
+_OUT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "float64": np.float64,
+               "uint8": np.uint8}
 
 
 @dataclass
@@ -178,10 +179,22 @@ def _call(case: Case, sessions: Sessions) -> Any:
         if desc.get("alias_input"):
             x = out.view(np.uint8)[0, 0, :, :64].view(np.uint16)  # the input is a view of the output
         return preprocess.preprocess_into(out, x, spec, kw.pop("batch_index", 0), **kw)
+    if case.entry == "postprocess":
+        from engine import postprocess
+
+        x = materialize(case.recipe)
+        out = _output_buffer(kw["out"], x) if "out" in kw else None
+        if kw["fn"] == "argmax_mask":
+            return postprocess.argmax_mask(x, out=out)
+        spec = materialize(kw["spec"], session.spec)
+        return postprocess.mask_to_source(x, tuple(kw["src_hw"]), spec, out=out)
     raise ValueError(f"unknown entry {case.entry}")
 
 
 def _check_accepted(case: Case, result: Any, sessions: Sessions) -> str | None:
+    if case.entry == "postprocess":
+        ok = isinstance(result, np.ndarray) and result.dtype == np.uint8 and not result.any()
+        return None if ok else f"expected an all-background uint8 mask, got {result!r}"
     scores = getattr(result, "scores", None)
     if scores is None or scores.shape != (len(sessions.classifier.labels),) or not np.isfinite(scores).all():
         return f"accepted input gave a malformed result: {result!r}"
