@@ -187,7 +187,7 @@ def print_table(results: list[dict[str, Any]], candidate_name: str) -> None:
                   f"{lat['preprocess']['p50']:.3f}", f"{lat['infer']['p50']:.3f}",
                   f"{lat['wall']['p50']:.3f} / {lat['wall']['p99']:.3f}",
                   f"{ort_lat['wall']['p50']:.3f} / {ort_lat['wall']['p99']:.3f}", "PASS" if r["passed"] else "FAIL")
-    Console().print(t)
+    Console(width=max(160, Console().width)).print(t)
 
 
 def main(argv: list[str] | None = None) -> int:

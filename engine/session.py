@@ -477,7 +477,7 @@ class Session:
                 yield r
         finally:
             mailbox.stop()
-            producer.join(timeout=5.0)
+            producer.join(timeout=1.0)  # a source blocked in next() (a live probe) is a daemon thread
 
 
 def _is_device_array(x) -> bool:

@@ -375,3 +375,55 @@ print(heavy())
     assert out[0] == "[]"
     assert out[1] == "[]"  # listing backends and verifying a bundle import nothing heavy
     assert out[2] == "['onnxruntime']"  # the CPU backend imports only what it needs
+
+
+def test_rgb_ultrasound_dicom_on_a_grey_model(cls_session):
+    from pydicom.data import get_testdata_file
+
+    from engine import dicom
+
+    path = get_testdata_file("US1_UNCR.dcm", download=False)
+    s = dicom.read(path)
+    assert s.pixels.shape[-1] == 3
+    spec = s.spec_for(cls_session.spec, cls_session.voi_policy)
+    assert spec.in_channels == 3 and spec.out_channels == 1  # BT.601 luma into the grey model
+    r = cls_session.run(path)
+    np.testing.assert_allclose(r.scores, _reference_scores(cls_session.bundle.path, "fp32", s.pixels, spec),
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_cpu_dlpack_objects_are_read_without_copy(cls_session, pixels):
+    class DLPackOnly:  # e.g. a CPU tensor of another framework: only the DLPack protocol
+        def __init__(self, a):
+            self._a = a
+
+        def __dlpack__(self, **kwargs):
+            return self._a.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._a.__dlpack_device__()
+
+    np.testing.assert_array_equal(cls_session.run(DLPackOnly(pixels)).scores, cls_session.run(pixels).scores)
+
+
+def test_stream_closed_early_stops_the_decoder_thread(cls_session, rng):
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            i += 1
+            yield rng.integers(0, 4096, size=(32, 32), dtype=np.uint16)
+
+    before = threading.active_count()
+    gen = cls_session.stream(endless(), drop_stale=False)
+    next(gen)
+    gen.close()  # the caller stops reading: the producer must stop too
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
+    n = len(produced)
+    time.sleep(0.05)
+    assert len(produced) == n
