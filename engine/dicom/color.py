@@ -38,28 +38,41 @@ def _ybr_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return r, g, b
 
 
-def ybr_full_to_rgb(ybr: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 YBR_FULL -> new (..., 3) uint8 RGB (C-contiguous)."""
-    if ybr.dtype != np.uint8 or ybr.shape[-1] != 3:
-        raise ValueError(f"ybr_full_to_rgb needs (..., 3) uint8, got {ybr.shape} {ybr.dtype}")
+def ybr_full_to_rgb(ybr: np.ndarray, *, block_rows: int = 64) -> np.ndarray:
+    """(..., H, W, 3) uint8 YBR_FULL -> new C-contiguous uint8 RGB of the same shape."""
+    if ybr.dtype != np.uint8 or ybr.ndim < 3 or ybr.shape[-1] != 3:
+        raise ValueError(f"ybr_full_to_rgb needs (..., H, W, 3) uint8, got {ybr.shape} {ybr.dtype}")
     r_off, g_off, b_off = _ybr_tables()
-    y = ybr[..., 0].astype(np.int16)
-    cb = ybr[..., 1]
-    cr = ybr[..., 2]
     out = np.empty(ybr.shape, dtype=np.uint8)
-    tmp = np.empty(y.shape, dtype=np.int16)
-    np.add(y, np.take(r_off, cr), out=tmp)
-    np.clip(tmp, 0, 255, out=tmp)
-    out[..., 0] = tmp
-    np.add(y, np.take(b_off, cb), out=tmp)
-    np.clip(tmp, 0, 255, out=tmp)
-    out[..., 2] = tmp
-    idx = cb.astype(np.uint16)
-    idx <<= 8
-    idx |= cr
-    np.add(y, np.take(g_off, idx), out=tmp)
-    np.clip(tmp, 0, 255, out=tmp)
-    out[..., 1] = tmp
+    src2 = ybr.reshape(-1, ybr.shape[-2], 3)  # (rows of all leading dims, W, 3); a view when possible
+    dst2 = out.reshape(src2.shape)
+    width = src2.shape[1]
+    # Work in blocks of rows that stay in cache: ~15 NumPy passes per block instead of over the image.
+    y = np.empty((block_rows, width), dtype=np.int16)
+    tmp = np.empty((block_rows, width), dtype=np.int16)
+    idx = np.empty((block_rows, width), dtype=np.uint16)
+    for r0 in range(0, src2.shape[0], block_rows):
+        src = src2[r0:r0 + block_rows]
+        dst = dst2[r0:r0 + block_rows]
+        k = src.shape[0]
+        yy, t, ix = y[:k], tmp[:k], idx[:k]
+        cb, cr = src[..., 1], src[..., 2]
+        np.copyto(yy, src[..., 0], casting="unsafe")
+        np.take(r_off, cr, out=t)
+        t += yy
+        np.clip(t, 0, 255, out=t)
+        dst[..., 0] = t
+        np.take(b_off, cb, out=t)
+        t += yy
+        np.clip(t, 0, 255, out=t)
+        dst[..., 2] = t
+        np.copyto(ix, cb, casting="unsafe")
+        ix <<= 8
+        ix |= cr
+        np.take(g_off, ix, out=t)
+        t += yy
+        np.clip(t, 0, 255, out=t)
+        dst[..., 1] = t
     return out
 
 
