@@ -21,22 +21,29 @@ def _fmt(v: Any) -> str:
     return escape(str(v))
 
 
-def _accuracy_rows(acc: dict[str, Any]) -> list[tuple[str, str]]:
+def _accuracy_rows(acc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(variant, metrics "name value [CI95]", gate, agreement) per variant of the quantizer's report."""
     rows = []
     variants = acc.get("variants") if isinstance(acc.get("variants"), dict) else {}
     for name, entry in variants.items():
-        if isinstance(entry, dict):
-            scalars = {k: v for k, v in entry.items() if isinstance(v, (int, float, str, bool)) or v is None}
-            nested = {k: v for k, v in entry.items() if isinstance(v, dict)}
-            text = ", ".join(f"{_fmt(k)}={_fmt(v)}" for k, v in scalars.items())
-            for k, v in nested.items():
-                flat = {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))}
-                if flat:
-                    text += f"; {_fmt(k)}: " + ", ".join(f"{_fmt(kk)}={_fmt(vv)}" for kk, vv in flat.items())
-            rows.append((_fmt(name), text))
-    for key, value in acc.items():
-        if key != "variants" and isinstance(value, (int, float, str, bool)):
-            rows.append((_fmt(key), _fmt(value)))
+        if not isinstance(entry, dict):
+            continue
+        metrics = []
+        for metric, m in (entry.get("metrics") or {}).items():
+            if isinstance(m, dict) and isinstance(m.get("value"), (int, float)):
+                ci = m.get("ci95")
+                ci_txt = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
+                metrics.append(f"{metric} {m['value']:.4f}{ci_txt}")
+            elif isinstance(m, (int, float)):
+                metrics.append(f"{metric} {m:.4f}")
+        passed = entry.get("passed")
+        gate = ("pass" if passed else "FAIL" if passed is False else "-") + (
+            " (loss accepted)" if entry.get("accepted_loss") else "")
+        if entry.get("reason"):
+            gate += f": {entry['reason']}"
+        agreement = ", ".join(f"{k} {v:.4f}" for k, v in (entry.get("agreement") or {}).items()
+                              if isinstance(v, (int, float)))
+        rows.append((_fmt(name), _fmt("; ".join(metrics) or "-"), _fmt(gate), _fmt(agreement or "-")))
     return rows
 
 
@@ -101,12 +108,21 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
 
     acc = m.get("accuracy")
     if isinstance(acc, dict):
-        t = Table(title="accuracy report (from the quantizer)", show_header=False)
-        t.add_column("variant", style="bold")
-        t.add_column("metrics")
-        for k, v in _accuracy_rows(acc):
-            t.add_row(_fmt(k), v)
+        gate = acc.get("gate") if isinstance(acc.get("gate"), dict) else {}
+        title = "accuracy report (from the quantizer"
+        if gate.get("metric"):
+            title += f"; gate: Δ{gate['metric']} <= {gate.get('budget')} on the {gate.get('split', '?')} split"
+        t = Table(title=_fmt(title + ")"))
+        for col in ("variant", "metrics (95% CI)", "gate", "agreement with FP32"):
+            t.add_column(col, overflow="fold")
+        for row in _accuracy_rows(acc):
+            t.add_row(*row)
         console.print(t)
+        data = acc.get("data") if isinstance(acc.get("data"), dict) else {}
+        if data.get("description") or "synthetic" in data:
+            console.print(_fmt(f"  data: {data.get('description', '?')} (synthetic: {data.get('synthetic', '?')})"))
+        for note in acc.get("notes") or []:
+            console.print(_fmt(f"  note: {note}"))
     else:
         console.print("accuracy: no report in this bundle")
 

@@ -161,7 +161,8 @@ def test_cli_build_and_inspect(model_dirs, tmp_path):
                                                                                         **__import__("os").environ})
     assert r.returncode == 0, r.stderr
     for text in ("tiny-classification", "normal, nodule, effusion", "SHA-256 verified", "onnx/model.int8.onnx",
-                 "calibration_sha256", "not requested (--target cpu)", "accuracy report"):
+                 "calibration_sha256", "not requested (--target cpu)", "accuracy report",
+                 "auc 0.9000 [0.850, 0.950]", "top1_agreement 1.0000"):
         assert text in r.stdout, text
     r = subprocess.run(cmd + ["inspect", str(out), "--json"], capture_output=True, text=True)
     assert json.loads(r.stdout)["model"]["name"] == "tiny-classification"
