@@ -21,6 +21,7 @@ from engine.dicom.codestream import declared_size
 from engine.dicom.color import Palette, ybr_full_to_rgb
 from engine.dicom.header import PixelModule
 from engine.dicom.problems import fail
+from engine.dicom.values import raw
 from engine.errors import DicomError, UnsupportedTransferSyntax
 
 # What the native kernel accepts (engine.preprocess contract).
@@ -60,7 +61,7 @@ class FrameDecoder:
         }
         self._all: np.ndarray | None = None
         self._pixel_data = ds[pm.pixel_keyword].value
-        offsets = (ds.get("ExtendedOffsetTable"), ds.get("ExtendedOffsetTableLengths"))
+        offsets = (raw(ds, "ExtendedOffsetTable", source), raw(ds, "ExtendedOffsetTableLengths", source))
         self._extended_offsets = offsets if None not in offsets else None
         if not pm.encapsulated:
             self._options["view_only"] = True
