@@ -56,8 +56,21 @@ class Result:
     Always: `timings_ms` {decode, preprocess, h2d, infer, d2h, postprocess, total} in milliseconds.
     """
 
-    __slots__ = ("task", "labels", "scores", "label", "mask", "pixel_counts", "areas_mm2", "pixel_spacing_mm",
-                 "timings_ms", "frame_index", "dropped_frames", "batch_size", "_scratch")
+    __slots__ = (
+        "_scratch",
+        "areas_mm2",
+        "batch_size",
+        "dropped_frames",
+        "frame_index",
+        "label",
+        "labels",
+        "mask",
+        "pixel_counts",
+        "pixel_spacing_mm",
+        "scores",
+        "task",
+        "timings_ms",
+    )
 
     def __init__(self, task: str, labels: list[str]):
         self.task = task
@@ -191,7 +204,7 @@ class Session:
             b.deactivate()
         self.bundle.close()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -588,7 +601,7 @@ class _Mailbox:
             self._cond.notify_all()
 
 
-def load(path: "str | os.PathLike[str]", backend: str = "auto", device: int = 0, threads: int | None = None,
+def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
          use_optimized: bool = True, cuda_graph: bool = True) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.

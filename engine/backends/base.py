@@ -65,7 +65,7 @@ class Backend(abc.ABC):
     def is_active(self) -> bool:
         return self._active
 
-    def activate(self) -> "Backend":
+    def activate(self) -> Backend:
         if self._active:
             return self
         self.activate_impl()
@@ -79,14 +79,13 @@ class Backend(abc.ABC):
         self.deactivate_impl()
 
     # -- hot path --------------------------------------------------------------------------------
-    def stage(self, x: np.ndarray, spec: PreprocessSpec, index: int = 0, *, frame: int | None = None,
-              prepared: Any = None) -> None:
+    def stage(self, x: np.ndarray, spec: PreprocessSpec, index: int = 0, *, frame: int | None = None) -> None:
         """Raw pixels -> model input slot `index` (no allocation)."""
         if not self._active:
             raise SessionClosed(f"{self.name} backend is not active (session closed?); load the bundle again")
         if not 0 <= index < self.max_batch:
             raise InputError(f"batch index {index} out of range for max_batch={self.max_batch}")
-        self.stage_impl(x, spec, index, frame, prepared)
+        self.stage_impl(x, spec, index, frame)
 
     def infer(self, batch_size: int = 1) -> dict[str, np.ndarray]:
         """Run slots [0, batch_size); returns output arrays owned by the backend (valid until next infer)."""
@@ -125,8 +124,7 @@ class Backend(abc.ABC):
     def deactivate_impl(self) -> None: ...
 
     @abc.abstractmethod
-    def stage_impl(self, x: np.ndarray, spec: PreprocessSpec, index: int, frame: int | None,
-                   prepared: Any) -> None: ...
+    def stage_impl(self, x: np.ndarray, spec: PreprocessSpec, index: int, frame: int | None) -> None: ...
 
     @abc.abstractmethod
     def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]: ...
@@ -137,7 +135,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """{input name: ((max_batch, ...), dtype)}."""
-
-    def prepare_spec(self, spec: PreprocessSpec) -> Any:
-        """Per-spec object the backend's stage_impl can reuse (cached by the session)."""
-        return None

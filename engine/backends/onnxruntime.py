@@ -212,7 +212,7 @@ class OnnxRuntimeBackend(Backend):
             self._sess = None
         self._run = None
 
-    def fork(self) -> "OnnxRuntimeBackend":
+    def fork(self) -> OnnxRuntimeBackend:
         """A second buffer set on the same InferenceSession (for another thread); allocated once."""
         twin = object.__new__(type(self))
         twin.__dict__.update({k: v for k, v in self.__dict__.items()
@@ -236,20 +236,14 @@ class OnnxRuntimeBackend(Backend):
         """The bound (max_batch, ...) input array preprocessing writes into."""
         return self._input
 
-    def prepare_spec(self, spec):
-        from engine import preprocess
-
-        return preprocess.prepare(spec) if hasattr(preprocess, "prepare") else None
-
-    def stage_impl(self, x, spec, index, frame, prepared) -> None:
+    def stage_impl(self, x, spec, index, frame) -> None:
         from engine.preprocess import preprocess_into
 
         if self._input is None:
             raise BundleError("this model has several inputs; stage() feeds single-input models only")
-        if prepared is not None:
-            preprocess_into(self._input, x, prepared, index, frame=frame)
-        else:
-            preprocess_into(self._input, x, spec, index, frame=frame)
+        # The fused kernel writes straight into the array the IOBinding has bound as the model input;
+        # its prepared (parsed, LUT-folded) spec is cached per spec object by engine.preprocess.
+        preprocess_into(self._input, x, spec, index, frame=frame)
 
     def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]:
         binding = self._bindings.get(batch_size) or self._binding(batch_size)

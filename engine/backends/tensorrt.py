@@ -134,7 +134,6 @@ class TensorRTBackend(Backend):
 
     # -- activation --------------------------------------------------------------------------------
     def activate_impl(self) -> None:
-        from engine import _native
         from engine.bundle.tensorrt_build import build_engine, device_compute_capability, tensorrt_version
 
         missing = _missing_native()
@@ -245,7 +244,7 @@ class TensorRTBackend(Backend):
             self._engine = None
             self._runtime = None
 
-    def fork(self) -> "TensorRTBackend":
+    def fork(self) -> TensorRTBackend:
         twin = object.__new__(type(self))
         twin.__dict__.update({k: v for k, v in self.__dict__.items()
                               if k in ("bundle", "variant", "device", "threads", "max_batch", "options", "_engine",
@@ -261,11 +260,6 @@ class TensorRTBackend(Backend):
     def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         return dict(self._inputs)
 
-    def prepare_spec(self, spec):
-        from engine.preprocess import prepared
-
-        return prepared(spec)
-
     def _raw_slot(self, index: int, nbytes: int):
         from engine import _native
 
@@ -280,10 +274,10 @@ class TensorRTBackend(Backend):
             self._graphs.clear()
         return pinned, device
 
-    def stage_impl(self, x, spec, index, frame, prepared) -> None:
-        from engine.preprocess import prepared as prepare, source_view
+    def stage_impl(self, x, spec, index, frame) -> None:
+        from engine.preprocess import prepared, source_view
 
-        native_spec = prepared if prepared is not None else prepare(spec)
+        native_spec = prepared(spec)
         if not isinstance(x, np.ndarray):  # a device array (the session routes only those here)
             self._slots[index] = self._device_source(x, native_spec)
             return

@@ -11,4 +11,4 @@ from engine.bundle.format import SCHEMA_VERSION, SUFFIX
 from engine.bundle.reader import Bundle, open_bundle
 from engine.bundle.writer import write_bundle
 
-__all__ = ["Bundle", "BuildReport", "SCHEMA_VERSION", "SUFFIX", "build_bundle", "open_bundle", "write_bundle"]
+__all__ = ["SCHEMA_VERSION", "SUFFIX", "BuildReport", "Bundle", "build_bundle", "open_bundle", "write_bundle"]

@@ -150,11 +150,11 @@ def _calibration_sha(report: dict[str, Any] | None) -> str | None:
     return None
 
 
-def build_bundle(source: "str | os.PathLike[str]", out: "str | os.PathLike[str]", *, precision: str = "best",
-                 target: str = "auto", meta: "str | os.PathLike[str] | None" = None, hardware_compat: str = "none",
+def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *, precision: str = "best",
+                 target: str = "auto", meta: str | os.PathLike[str] | None = None, hardware_compat: str = "none",
                  version_compatible: bool = False, dla_core: int | None = None, max_batch: int = 1,
                  force: bool = False, workspace_mb: int = 1024, optimization_level: int = 3,
-                 timing_cache: "str | os.PathLike[str] | None" = None, device: int = 0,
+                 timing_cache: str | os.PathLike[str] | None = None, device: int = 0,
                  build_threads: int = 1) -> BuildReport:
     """Build one `.slicert` bundle from a model file, an export folder or a quantizer folder.
 
@@ -163,8 +163,12 @@ def build_bundle(source: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
     and verification cover. Raises OutputExists (out exists, no force), InputError (bad source),
     AccuracyGateError, BackendUnavailable (`target="tensorrt"` without TensorRT/GPU).
     """
-    from engine.bundle.tensorrt_build import (HARDWARE_COMPAT_LEVELS, build_engine, tensorrt_unavailable_reason,
-                                              tensorrt_version)
+    from engine.bundle.tensorrt_build import (
+        HARDWARE_COMPAT_LEVELS,
+        build_engine,
+        tensorrt_unavailable_reason,
+        tensorrt_version,
+    )
 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -136,7 +136,7 @@ class Bundle:
             self._fh.close()
             self._mm = None
 
-    def __enter__(self) -> "Bundle":
+    def __enter__(self) -> Bundle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,7 +180,7 @@ def _verify(mm: mmap.mmap, zf: zipfile.ZipFile, manifest: dict, size: int, path:
     return offsets
 
 
-def open_bundle(path: "os.PathLike[str] | str", *, verify: bool = True) -> Bundle:
+def open_bundle(path: os.PathLike[str] | str, *, verify: bool = True) -> Bundle:
     """Open a bundle, check its schema version and (by default) every member's SHA-256.
 
     Raises BundleError naming the member at fault, or saying how to fix a too-new schema.

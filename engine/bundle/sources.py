@@ -106,7 +106,7 @@ def _export_dir_from_report(report: dict[str, Any], base: Path) -> Path | None:
     return None
 
 
-def resolve_source(source: "str | Path", meta: "str | Path | None" = None) -> ModelSource:
+def resolve_source(source: str | Path, meta: str | Path | None = None) -> ModelSource:
     """Turn a model file or folder into the variants, metadata and report to bundle."""
     src = Path(source)
     notes: list[str] = []

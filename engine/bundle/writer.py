@@ -50,7 +50,7 @@ def _digest(source: MemberSource) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def sha256_file(path: "os.PathLike[str] | str") -> str:
+def sha256_file(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes."""
     return _digest(Path(path))[0]
 
@@ -119,7 +119,7 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
     os.unlink(tmp)
 
 
-def write_bundle(path: "os.PathLike[str] | str", manifest: Mapping, members: Mapping[str, MemberSource], *,
+def write_bundle(path: os.PathLike[str] | str, manifest: Mapping, members: Mapping[str, MemberSource], *,
                  force: bool = False) -> Path:
     """Write `manifest` + `members` as one bundle file at `path`; returns the path.
 

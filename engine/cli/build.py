@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,17 +14,17 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("best", "--precision",
                                       help="fp32 | fp16 | int8 | mixed | best (every variant that passed its gate)."),
         target: str = typer.Option("auto", "--target", help="cpu | tensorrt | auto (engines when a GPU is present)."),
-        meta: Optional[Path] = typer.Option(None, "--meta", help="model.json sidecar, when not next to the model."),
+        meta: Path | None = typer.Option(None, "--meta", help="model.json sidecar, when not next to the model."),
         hardware_compat: str = typer.Option("none", "--hardware-compat",
                                             help="TensorRT: none | ampere+ (one engine for every Ampere+ GPU) | "
                                                  "same-cc."),
         version_compatible: bool = typer.Option(False, "--version-compatible",
                                                 help="TensorRT: plan runs on later TensorRT via the lean runtime."),
-        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build for this DLA core (Jetson)."),
+        dla_core: int | None = typer.Option(None, "--dla-core", help="TensorRT: build for this DLA core (Jetson)."),
         max_batch: int = typer.Option(1, "--max-batch", help="Largest batch the engines/verification cover."),
         workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT workspace limit (MiB)."),
         optimization_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0-5."),
-        timing_cache: Optional[Path] = typer.Option(None, "--timing-cache",
+        timing_cache: Path | None = typer.Option(None, "--timing-cache",
                                                     help="TensorRT timing cache file to load and update."),
         force: bool = typer.Option(False, "--force", help="Replace an existing bundle file."),
     ) -> None:

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 import tiny_models
+
 from engine import _native
 from engine.bundle import build_bundle, open_bundle
 from engine.bundle.tensorrt_build import tensorrt_unavailable_reason
