@@ -28,7 +28,7 @@ from .oracle import data_file
 FILES = ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm",
          "emri_small_jpeg_ls_lossless.dcm", "SC_rgb_rle_2frame.dcm", "SC_rgb_jpeg_gdcm.dcm",
          "SC_ybr_full_422_uncompressed.dcm", "OBXXXX1A_rle.dcm", "mlut_18.dcm", "vlut_04.dcm",
-         "JPEG2000.dcm", "examples_ybr_color.dcm"]
+         "JPEG2000.dcm", "examples_ybr_color.dcm", "gdcm-US-ALOKA-16.dcm", "US1_J2KR.dcm"]
 EXAMPLES = int(os.environ.get("SLICERT_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), derandomize=os.environ.get("SLICERT_FUZZ_RANDOM") != "1",
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], database=None)
