@@ -92,7 +92,8 @@ def _latency(session, x, n: int) -> dict[str, Any]:
         r = session.run(x)
         wall.append((time.perf_counter_ns() - t0) * 1e-6)
         for k, v in r.timings_ms.items():
-            stages.setdefault(k, []).append(v)
+            if v is not None:  # TensorRT graph replay times H2D/D2H inside "infer" (None here)
+                stages.setdefault(k, []).append(v)
     summary = {k: {"p50": float(np.median(v)), "p99": float(np.percentile(v, 99))} for k, v in stages.items()}
     summary["wall"] = {"p50": float(np.median(wall)), "p99": float(np.percentile(wall, 99))}
     return summary

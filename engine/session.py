@@ -54,6 +54,9 @@ class Result:
     `pixel_counts` {label: pixels}, `areas_mm2` {label: mm²} (None without pixel spacing),
     `pixel_spacing_mm` (row, col) or None.
     Always: `timings_ms` {decode, preprocess, h2d, infer, d2h, postprocess, total} in milliseconds.
+    On TensorRT, h2d/preprocess/infer/d2h are GPU times from CUDA events; when the slice ran as one
+    replayed CUDA graph, "infer" is the whole launch (H2D + preprocessing kernel + engine + D2H),
+    h2d and d2h are None and "preprocess" is the host-side staging into pinned memory.
     """
 
     __slots__ = (
