@@ -606,7 +606,7 @@ class _Mailbox:
 
 def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
-         use_optimized: bool = True, cuda_graph: bool = True) -> Session:
+         use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.
 
     backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
@@ -619,6 +619,9 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     use_optimized: ONNX Runtime may use the bundle's offline-optimized model when it matches this CPU.
     cuda_graph: TensorRT replays each slice as one captured CUDA graph (False: eager launches, for
     debugging and for the graph == eager acceptance check).
+    lean_runtime: path to the libnvinfer_lean library of the TensorRT version that built a
+    version-compatible engine (needed when that version differs from this one: SliceRT builds such
+    plans with EXCLUDE_LEAN_RUNTIME so devices can ship the small lean runtime).
     """
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
@@ -629,7 +632,7 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     bundle = open_bundle(Path(path))
     try:
         options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device,
-                   "cuda_graph": bool(cuda_graph)}
+                   "cuda_graph": bool(cuda_graph), "lean_runtime": lean_runtime}
         cls, variant, why = _select_backend(bundle, backend, precision, options)
         manifest_batch = bundle.manifest["input"].get("max_batch")
         if cls.name == "tensorrt" and manifest_batch and max_batch > manifest_batch and not rebuild:

@@ -66,8 +66,13 @@ def _major_minor(version: str | None) -> tuple[int, int] | None:
 
 
 def pick_engine(engines: list[dict[str, Any]], variant: str, cc: tuple[int, int],
-                trt_version: str | None) -> tuple[dict[str, Any] | None, str]:
-    """(engine entry or None, why) for this GPU and TensorRT version. Pure function of the manifest."""
+                trt_version: str | None, lean_runtime: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(engine entry or None, why) for this GPU and TensorRT version. Pure function of the manifest.
+
+    A version-compatible plan built without its lean runtime (EXCLUDE_LEAN_RUNTIME) by another
+    TensorRT version needs that version's lean runtime library (`lean_runtime`, a path to
+    libnvinfer_lean.so.<major>) to run here.
+    """
     mine = [e for e in engines if e.get("variant") == variant]
     here = f"sm_{cc[0]}{cc[1]} with TensorRT {trt_version}"
     if not mine:
@@ -82,12 +87,21 @@ def pick_engine(engines: list[dict[str, Any]], variant: str, cc: tuple[int, int]
     for e in mine:  # hardware-compatible
         if e.get("hardware_compat") == "ampere+" and cc >= (8, 0) and _major_minor(e["trt_version"]) == rt:
             return e, f"Ampere+ hardware-compatible engine {e['plan']} on {here}"
+    needs_lean = []
     for e in mine:  # version-compatible, built by an older TensorRT of the same major
         built = _major_minor(e["trt_version"])
         cc_ok = tuple(e.get("compute_capability", ())) == tuple(cc) or (
             e.get("hardware_compat") == "ampere+" and cc >= (8, 0))
         if e.get("version_compatible") and built and rt and built[0] == rt[0] and built <= rt and cc_ok:
+            if e.get("lean_runtime_excluded") and e["trt_version"] != trt_version and not lean_runtime:
+                needs_lean.append(e)
+                continue
             return e, f"version-compatible engine {e['plan']} (built with TensorRT {e['trt_version']}) on {here}"
+    if needs_lean:
+        e = needs_lean[0]
+        return None, (f"{e['plan']} is version-compatible but was built by TensorRT {e['trt_version']} without its "
+                      f"lean runtime; pass lean_runtime='/path/to/libnvinfer_lean.so' from TensorRT "
+                      f"{e['trt_version']} to run it with {here}")
     have = ", ".join(f"{e['plan']} (sm_{''.join(map(str, e.get('compute_capability', ['?'])))}, TensorRT "
                      f"{e['trt_version']}, {e.get('hardware_compat', 'none')})" for e in mine)
     return None, f"no engine fits {here}; the bundle has {have}"
@@ -122,7 +136,7 @@ class TensorRTBackend(Backend):
             cc, name = device_compute_capability(int(options.get("device", 0)))
         except BackendUnavailable as exc:
             return False, str(exc)
-        entry, why = pick_engine(bundle.engines, variant, cc, tensorrt_version())
+        entry, why = pick_engine(bundle.engines, variant, cc, tensorrt_version(), options.get("lean_runtime"))
         if entry is not None:
             return True, why
         if options.get("rebuild"):
@@ -141,7 +155,8 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable(f"engine._native lacks CUDA resources {missing}; rebuild SliceRT with CUDA")
         trt = _import_trt()
         cc, device_name = device_compute_capability(self.device)
-        entry, why = pick_engine(self.bundle.engines, self.variant, cc, tensorrt_version())
+        lean_runtime = self.options.get("lean_runtime")
+        entry, why = pick_engine(self.bundle.engines, self.variant, cc, tensorrt_version(), lean_runtime)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if entry is None:
@@ -156,9 +171,14 @@ class TensorRTBackend(Backend):
             plan = self.bundle.view(entry["plan"])  # zero-copy view of the 4 KiB-aligned member
             version_compatible = bool(entry.get("version_compatible"))
         if version_compatible:
-            # A version-compatible plan runs the lean runtime's host code; it was built without the
-            # embedded lean runtime (EXCLUDE_LEAN_RUNTIME), so this process's TensorRT provides it.
+            # A version-compatible plan runs lean-runtime host code: allowed for bundles whose SHA-256
+            # verified. Built with EXCLUDE_LEAN_RUNTIME, it uses this process's TensorRT when the versions
+            # match, else the lean runtime library of the building version, loaded from `lean_runtime`.
             self._runtime.engine_host_code_allowed = True
+            if entry["trt_version"] != tensorrt_version() and entry.get("lean_runtime_excluded") and lean_runtime:
+                self._runtime = self._runtime.load_runtime(str(lean_runtime))
+                self._runtime.engine_host_code_allowed = True
+                why += f"; lean runtime loaded from {lean_runtime}"
         engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineMismatch(f"TensorRT could not deserialize {entry['plan'] if entry else 'the rebuilt engine'} "

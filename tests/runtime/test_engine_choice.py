@@ -24,6 +24,7 @@ def _engine(variant, trt, cc, compat="none", version_compatible=False):
 
 ENGINES = [_engine("int8", "11.4.0.106", (8, 7)), _engine("int8", "11.4.0.106", (8, 0), "ampere+"),
            _engine("fp16", "11.2.1.5", (9, 0), version_compatible=True), _engine("fp32", "11.4.0.106", (7, 5))]
+ENGINES[2]["lean_runtime_excluded"] = True  # as `slicert build --version-compatible` makes them
 
 
 def test_exact_match_wins():
@@ -37,8 +38,13 @@ def test_hardware_compatible_engine_on_another_ampere_gpu():
 
 
 def test_version_compatible_engine_on_newer_tensorrt():
+    # Built without its lean runtime: a newer TensorRT needs the building version's lean library.
     e, why = pick_engine(ENGINES, "fp16", (9, 0), "11.4.0.106")
+    assert e is None and "lean_runtime='/path/to/libnvinfer_lean.so' from TensorRT 11.2.1.5" in why
+    e, why = pick_engine(ENGINES, "fp16", (9, 0), "11.4.0.106", lean_runtime="/opt/trt-11.2/libnvinfer_lean.so.11")
     assert e["plan"] == "engines/trt-11.2/sm_90.fp16.plan" and "version-compatible" in why
+    # The same version runs it with its own runtime.
+    assert pick_engine(ENGINES, "fp16", (9, 0), "11.2.1.5")[0]["plan"] == "engines/trt-11.2/sm_90.fp16.plan"
     # ...but never on an older TensorRT, nor across a major version.
     assert pick_engine(ENGINES, "fp16", (9, 0), "11.1.0")[0] is None
     assert pick_engine(ENGINES, "fp16", (9, 0), "12.0.0")[0] is None
