@@ -30,7 +30,7 @@ def _destroyed_dataset(splits):
 def test_gate_fails_on_destroyed_calibration(exports, splits, tmp_path):
     out = tmp_path / "q"
     with pytest.raises(AccuracyGateError) as info:
-        quantize_export(exports["classification"], out, dataset=_destroyed_dataset(splits))
+        quantize_export(exports["classification"], out, dataset=_destroyed_dataset(splits), cpu_speed_check=False)
     msg = str(info.value)
     rep = json.loads((out / "accuracy_report.json").read_text())
     worst = rep["sensitivity"][0]["layer"]
@@ -51,7 +51,8 @@ def test_gate_fails_on_destroyed_calibration(exports, splits, tmp_path):
 
 def test_accept_loss_ships_and_records(exports, splits, tmp_path):
     out = tmp_path / "q"
-    rep = quantize_export(exports["classification"], out, dataset=_destroyed_dataset(splits), accept_loss=True)
+    rep = quantize_export(exports["classification"], out, dataset=_destroyed_dataset(splits), accept_loss=True,
+                          cpu_speed_check=False)
     assert rep["gate"]["passed"] is False and rep["gate"]["accept_loss"] is True
     assert {v["variant"] for v in rep["gate"]["violations"]} >= {"int8", "int8_ort"}
     assert rep["variants"]["int8"]["accepted_loss"] is True and rep["variants"]["int8"]["passed"] is False
@@ -64,9 +65,11 @@ def test_accept_loss_ships_and_records(exports, splits, tmp_path):
 
 def test_tight_budget_triggers_mixed_precision(exports, splits, tmp_path):
     out = tmp_path / "q"
-    rep = quantize_export(exports["segmentation"], out, dataset=splits["segmentation"], budget_dice=0.0002,
-                          accept_loss=True)
-    assert rep["variants"]["int8"]["gate"]["loss"] > 0.0002 or rep["variants"]["int8_ort"]["gate"]["loss"] > 0.0002
+    # cpu_speed_check=False: the CPU form's layer set then does not depend on this machine's timing.
+    rep = quantize_export(exports["segmentation"], out, dataset=splits["segmentation"], budget_dice=0.0001,
+                          accept_loss=True, cpu_speed_check=False)
+    assert rep["cpu_form"]["fp32_for_speed"] == {}
+    assert max(rep["variants"]["int8"]["gate"]["loss"], rep["variants"]["int8_ort"]["gate"]["loss"]) > 0.0001
     excluded = rep["excluded_layers"]
     ranking = [s["layer"] for s in rep["sensitivity"]]
     assert excluded and excluded == ranking[:len(excluded)]  # most sensitive first, smallest prefix

@@ -56,12 +56,13 @@ def prepare_fp32(model: "onnx.ModelProto", out_path: str | Path) -> "onnx.ModelP
 
 
 def quantize(prepped_path: str | Path, cache_path: str | Path, method: str, out_path: str | Path, *,
-             form: str, exclude: tuple[str, ...] | list[str] = (), only: tuple[str, ...] | list[str] = ()
-             ) -> "onnx.ModelProto":
+             form: str, exclude: tuple[str, ...] | list[str] = (), only: tuple[str, ...] | list[str] = (),
+             cpu_exclude: tuple[str, ...] | list[str] = ()) -> "onnx.ModelProto":
     """Write an INT8 Q/DQ model of `form` using the cached calibration ranges.
 
     `exclude`: weighted layers left in FP32 (mixed precision). `only`: quantize just these layers
-    (sensitivity probes)."""
+    (sensitivity probes). `cpu_exclude`: layers measured slower in INT8 on this CPU (ORT form only,
+    see cpu_speed.py)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -74,8 +75,14 @@ def quantize(prepped_path: str | Path, cache_path: str | Path, method: str, out_
                       extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                      "OpTypesToExcludeOutputQuantization": TRT_OP_TYPES})
     else:
-        kwargs = dict(activation_type=QuantType.QUInt8,
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        from tools.quantize.cpu_speed import CPU_FORM_SKIP_OPS
+
+        ops = sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(CPU_FORM_SKIP_OPS))
+        kwargs = dict(activation_type=QuantType.QUInt8, op_types_to_quantize=ops,
                       extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True})
+        exclude = sorted(set(exclude) | set(cpu_exclude))
     nodes_to_quantize = list(only)
     with quiet_ort_logging():
         quantize_static(str(prepped_path), str(out_path), calibration_data_reader=None,

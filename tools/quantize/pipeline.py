@@ -21,7 +21,7 @@ from tools.quantize import calibrate as calib_mod
 from tools.quantize import data as data_mod
 from tools.quantize import fp16 as fp16_mod
 from tools.quantize import gate as gate_mod
-from tools.quantize import graph, int8, metrics, report as report_mod, runner, sensitivity
+from tools.quantize import cpu_speed, graph, int8, metrics, report as report_mod, runner, sensitivity
 
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8_ort": "model.int8.ort.onnx",
          "mixed": "model.mixed.onnx", "mixed_ort": "model.mixed.ort.onnx"}
@@ -106,7 +106,7 @@ def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset:
                     calib_n: int = data_mod.MIN_CALIB_SLICES, budget_auc: float = gate_mod.DEFAULT_BUDGET_AUC,
                     budget_dice: float = gate_mod.DEFAULT_BUDGET_DICE, accept_loss: bool = False,
                     force: bool = False, percentile: float = calib_mod.DEFAULT_PERCENTILE,
-                    max_excluded: int | None = None,
+                    max_excluded: int | None = None, cpu_speed_check: bool = True,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Quantize a toolchain export (model.onnx + model.json) into FP16/INT8/mixed models and an accuracy report.
 
@@ -163,10 +163,12 @@ def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset:
         models["fp16"] = f16.model
         results["fp16"], _ = _evaluate("fp16", f16.model, ds.test, task, labels, threshold, ref_test, boot)
 
-        say("INT8")
+        say("INT8 (timing layers for the CPU form)")
+        cpu_slow = cpu_speed.slow_int8_layers(prepped, work) if cpu_speed_check else {}
+        cpu_exclude = sorted(cpu_slow)
         for form, key in (("tensorrt", "int8"), ("ort", "int8_ort")):
-            m = int8.quantize(prepped_path, cache, method, work / f"{key}.onnx", form=form)
-            problems = int8.qdq_problems(m, form)
+            m = int8.quantize(prepped_path, cache, method, work / f"{key}.onnx", form=form, cpu_exclude=cpu_exclude)
+            problems = int8.qdq_problems(m, form, cpu_exclude if form == "ort" else ())
             if problems:
                 raise InputError(f"{key}: the model cannot be expressed under the {form} Q/DQ rules: {problems[:5]}")
             models[key] = m
@@ -183,11 +185,13 @@ def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset:
         if not (gates["int8"]["passed"] and gates["int8_ort"]["passed"]):
             excluded, search = sensitivity.choose_exclusions(
                 prepped_path, cache, method, ranking, ds.val.x, ds.val.y, ref_val, task=task, labels=labels,
-                threshold=threshold, metric=metric, budget=budget, max_excluded=cap, workdir=work, progress=say)
+                threshold=threshold, metric=metric, budget=budget, max_excluded=cap, workdir=work,
+                cpu_exclude=cpu_exclude, progress=say)
             if excluded:
                 for form, key in (("tensorrt", "mixed"), ("ort", "mixed_ort")):
-                    m = int8.quantize(prepped_path, cache, method, work / f"{key}.onnx", form=form, exclude=excluded)
-                    problems = int8.qdq_problems(m, form, excluded)
+                    m = int8.quantize(prepped_path, cache, method, work / f"{key}.onnx", form=form, exclude=excluded,
+                                      cpu_exclude=cpu_exclude)
+                    problems = int8.qdq_problems(m, form, excluded + (cpu_exclude if form == "ort" else []))
                     if problems:
                         raise InputError(f"{key}: Q/DQ rules violated: {problems[:5]}")
                     models[key] = m
@@ -251,6 +255,9 @@ def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset:
             "sensitivity": [s.to_dict() for s in ranking],
             "sensitivity_split": "val",
             "excluded_layers": excluded,
+            "cpu_form": {"fp32_for_speed": cpu_slow, "unquantized_ops": list(cpu_speed.CPU_FORM_SKIP_OPS),
+                         "rule": f"a layer stays FP32 in the ONNX Runtime CPU form when INT8 alone is > "
+                                 f"{cpu_speed.SLOWER_FACTOR}x slower than FP32 on this machine (measured)"},
             "mixed_search": search,
             "max_excluded": cap,
             "deliverables": deliverables,

@@ -63,7 +63,8 @@ def layer_sensitivity(prepped_path: Path, cache: Path, method: str, layers: list
 def choose_exclusions(prepped_path: Path, cache: Path, method: str, ranking: list[LayerSensitivity],
                       val_x: np.ndarray, val_y: np.ndarray, ref_out: np.ndarray, *, task: str, labels: list[str],
                       threshold: float, metric: str, budget: float, max_excluded: int, workdir: Path,
-                      progress: Callable[[str], None] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+                      cpu_exclude: list[str] = (), progress: Callable[[str], None] | None = None
+                      ) -> tuple[list[str], list[dict[str, Any]]]:
     """Smallest prefix of the ranking whose exclusion keeps BOTH Q/DQ forms within `budget` on the
     validation split. Returns (excluded layers, search trace); excluded is empty if none works within
     max_excluded layers (the trace says what was tried)."""
@@ -76,7 +77,7 @@ def choose_exclusions(prepped_path: Path, cache: Path, method: str, ranking: lis
         drops = {}
         for form in int8.FORMS:
             m = int8.quantize(prepped_path, cache, method, workdir / f"mixed_probe_{form}.onnx", form=form,
-                              exclude=excluded)
+                              exclude=excluded, cpu_exclude=cpu_exclude)
             y = runner.run_batched(runner.session(m), val_x)
             drops[form] = float(base - gate_metric_value(task, val_y, y, labels, threshold, metric))
         ok = all(d <= budget for d in drops.values())
