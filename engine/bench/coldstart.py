@@ -57,6 +57,8 @@ def _child(payload: str) -> None:
     session = engine.load(args["bundle"], **args["load_kwargs"])
     t2 = time.perf_counter_ns()
     x, _ = parse_input(args["input"], in_channels=session.spec.in_channels)
+    if isinstance(x, list):  # a cine: the first frame
+        x = x[0]
     t3 = time.perf_counter_ns()
     session.run(x)
     t4 = time.perf_counter_ns()

@@ -72,7 +72,8 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         if name in names:
             raise InputError(f"two configurations are both named {name!r}: add name=LABEL to one of them")
         names.add(name)
-        configs.append(cfgmod.SessionConfig(name, path, x, load_kwargs=kwargs, meta=in_meta, batch=batch))
+        feed = {"inputs": x} if isinstance(x, list) else {"input": x}
+        configs.append(cfgmod.SessionConfig(name, path, load_kwargs=kwargs, meta=in_meta, batch=batch, **feed))
     if reference is not None and reference not in names:
         raise InputError(f"--reference {reference!r} is not one of the configurations {sorted(names)}")
 

@@ -179,3 +179,18 @@ def test_cli_corrupt_bundle_is_bundle_error(cli, tmp_path):
     bad.write_bytes(b"not a zip at all" * 10)
     r = cli(bad, "--n", "1")
     assert r.exit_code == 2 and "BundleError" in r.output
+
+
+def test_cli_cine_input_runs_pre_decoded_frames(cli, tiny_bundle, tmp_path):
+    import json
+    from pathlib import Path
+
+    import deid_data
+
+    cine = Path(deid_data.__file__).parent / "data" / "ultrasounds" / "ultrasound-multiframe.dcm"
+    out = tmp_path / "cine.json"
+    r = cli(tiny_bundle, "--input", cine, "--n", "4", "--warmup", "0", "--json", out, "--cold-start-repeats", "0")
+    assert r.exit_code == 0, r.output
+    c = json.loads(out.read_text())["configurations"][0]
+    assert c["meta"]["frames"] == 30 and c["meta"]["input_shape"] == [600, 800, 3]
+    assert set(c["samples_ns"]["decode"]) == {0}  # decoded before timing; RGB -> grey by the spec from DICOM
