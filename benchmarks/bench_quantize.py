@@ -96,7 +96,7 @@ def _session(model: bytes, threads: int):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def measure(variants: dict[str, bytes], x: np.ndarray, threads: int, rounds: int = 15, per_round: int = 20
+def measure(variants: dict[str, bytes], x: np.ndarray, threads: int, rounds: int = 40, per_round: int = 5
             ) -> dict[str, dict[str, float]]:
     """Interleaved rounds; per variant the median (and p10/p90) of per-call latency in ms."""
     sessions = {k: _session(v, threads) for k, v in variants.items()}
@@ -122,7 +122,7 @@ def _models(exports: list[str], work: Path) -> list[tuple[str, Path, str]]:
             for name, arch, k, side in STANDINS]
 
 
-def run(exports: list[str], rounds: int = 15) -> dict:
+def run(exports: list[str], rounds: int = 40) -> dict:
     import onnx
     import onnxruntime as ort
 
@@ -187,7 +187,7 @@ def _bench_variants(tmp_path_factory):
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("model", [s[0] for s in STANDINS])
-def bench_quantized_latency(benchmark, _bench_variants, model, variant, threads):
+def test_quantized_latency(benchmark, _bench_variants, model, variant, threads):
     variants, x = _bench_variants[model]
     sess = _session(variants[variant], threads)
     benchmark.group = f"{model} threads={threads}"
@@ -197,7 +197,7 @@ def bench_quantized_latency(benchmark, _bench_variants, model, variant, threads)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exports", nargs="*", default=[], help="toolchain export folders (default: stand-ins)")
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--json", type=Path, default=None, help="write results here")
     args = p.parse_args(argv)
     results = run(args.exports, rounds=args.rounds)
