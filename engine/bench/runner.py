@@ -260,11 +260,11 @@ def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: in
     for c in configs:
         if not isinstance(c, Configuration):
             raise InputError(f"{c!r} is not a Configuration (needs name, meta, items_per_call, load, step, close)")
+        if isinstance(c.items_per_call, bool) or not isinstance(c.items_per_call, int) or c.items_per_call < 1:
+            raise InputError(f"configuration {c.name!r}: items_per_call must be an integer >= 1")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise InputError(f"configuration names must be unique, got {names}")
-        if isinstance(c.items_per_call, bool) or not isinstance(c.items_per_call, int) or c.items_per_call < 1:
-            raise InputError(f"configuration {c.name!r}: items_per_call must be an integer >= 1")
     if schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if environment is None:

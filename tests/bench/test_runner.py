@@ -144,6 +144,10 @@ def test_bad_arguments_raise_input_error():
         run_benchmark([Recorder("A", j)], n=1, schedule="random", environment=ENV)
     with pytest.raises(InputError, match="not a Configuration"):
         run_benchmark([object()], n=1, environment=ENV)
+    bad = Recorder("B", j)
+    bad.items_per_call = 0
+    with pytest.raises(InputError, match="items_per_call"):
+        run_benchmark([bad], n=1, environment=ENV)
     assert j == []  # nothing was loaded or run before the arguments were checked
 
 
