@@ -226,6 +226,13 @@ def generate(out: Path) -> list[Case]:
          setter("engines", [{"plan": first_model, "variant": "fp32", "trt_version": "11.4.0",
                              "hardware_compat": "turing+"}]), r"hardware_compat"),
         ("provenance-missing", deleter("provenance"), r"provenance"),
+        # fields the runtime reads after validation: their types must be checked too
+        ("ort-not-object", setter("ort", 1.5), r"\bort\b"),
+        ("ort-cpu-flags-not-strings", setter("ort.cpu_flags", [None, 3]), r"cpu_flags"),
+        ("default-variant-not-object", setter("default_variant", 3), r"default_variant"),
+        ("default-variant-unhashable", setter("default_variant.onnxruntime", {"variant": "fp32"}),
+         r"default_variant"),
+        ("variant-onnx-is-a-list", setter("variants.fp32.onnx", ["onnx/model.fp32.onnx"]), r"variants\.fp32\.onnx"),
         ("manifest-is-a-list", lambda m: [m], r"not a SliceRT bundle manifest"),
         ("member-name-escapes", lambda m: m["members"].__setitem__("../../etc/passwd", m["members"][first_model]),
          r"\.\./\.\./etc/passwd"),

@@ -285,9 +285,11 @@ def _palette_mutations() -> Iterator[tuple[str, Mutation, str, str, str]]:
 
 # -- encapsulated payload damage ---------------------------------------------------------------------
 def _fragments(ds) -> list[bytes]:
+    """The data fragments, without the Basic Offset Table item (PS3.5 A.4)."""
     from pydicom.encaps import generate_fragments
 
-    return list(generate_fragments(ds.PixelData))
+    items = list(generate_fragments(ds.PixelData))  # the first item is the Basic Offset Table
+    return items[1:]
 
 
 def _re_encapsulate(ds, fragments: list[bytes]) -> None:
@@ -335,6 +337,14 @@ def _payload_mutations(parent: str) -> Iterator[tuple[str, Mutation, str, str, s
            "each fragment cut to its first quarter (sequence itself intact)")
     yield ("no-fragments", lambda ds: _re_encapsulate(ds, []), "DicomError", r"PixelData",
            "encapsulated Pixel Data with a Basic Offset Table and no fragment")
+    if parent in (RLE, RLEMF):
+        def replicate_overflow(f: bytes) -> bytes:
+            # PS3.5 G.3.1: a control byte n in [-127, -1] repeats the next byte 1 - n times. 0x81 (-127)
+            # as the first byte of segment 1 starts a 128-byte run; the decoder must bound-check it.
+            first = int.from_bytes(f[4:8], "little")
+            return f[:first] + b"\x81" + f[first + 1:]
+        yield ("rle-segment-starts-with-128-byte-run", each_fragment(replicate_overflow), "DicomError", decode,
+               "first RLE control byte changed to a 128-byte replicate run (overruns the segment)")
     if parent in MULTI_FRAME:
         yield ("more-frames-than-fragments", lambda ds: _raw(ds, "NumberOfFrames", "IS", str(ds.NumberOfFrames * 2)),
                "DicomError", r"NumberOfFrames", "NumberOfFrames twice the number of fragments")
