@@ -142,6 +142,7 @@ def test_inputs_unchanged_and_outputs_not_overwritten(exports, splits, tmp_path)
     assert _hashes(export) == before  # nothing written next to, or into, the inputs
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.fp16.onnx", "model.int8.onnx", "model.int8.ort.onnx", "accuracy_report.json", "accuracy_report.md"])
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in out.iterdir())  # readable artifacts, not 0600 temps
     written = _hashes(out)
     with pytest.raises(OutputExists, match="already exist.*--force"):
         quantize_export(export, out, dataset=splits["classification"])
