@@ -100,6 +100,23 @@ class Result:
                 f"pixel_spacing_mm={self.pixel_spacing_mm}, total={t:.3f} ms)")
 
 
+def _check_spacing(spacing) -> tuple[float, float] | None:
+    """(row_mm, col_mm) from a caller's pixel_spacing_mm, or InputError saying what is wrong."""
+    if spacing is None:
+        return None
+    try:
+        values = [float(v) for v in spacing]
+    except (TypeError, ValueError):
+        raise InputError(f"pixel_spacing_mm must be (row_mm, col_mm) numbers, got {spacing!r}") from None
+    if isinstance(spacing, (str, bytes)) or len(values) != 2:
+        raise InputError(f"pixel_spacing_mm must be two numbers (row_mm, col_mm), got {spacing!r}")
+    row, col = values
+    # 1e3 mm per pixel is already absurd for any imaging device; the bound also keeps areas finite.
+    if not (math.isfinite(row) and math.isfinite(col) and 0 < row <= 1e3 and 0 < col <= 1e3):
+        raise InputError(f"pixel_spacing_mm must be finite, > 0 and <= 1000 mm, got {spacing!r}")
+    return row, col
+
+
 def _spec_key(spec: PreprocessSpec) -> tuple:
     parts = []
     for f in dataclasses.fields(spec):
@@ -277,6 +294,8 @@ class Session:
 
     def _resolve(self, x, spec, frame, pixel_spacing_mm):
         """-> (pixels, spec, frame, pixel_spacing_mm, decode_ns, frame_index)."""
+        if pixel_spacing_mm is not None:
+            pixel_spacing_mm = _check_spacing(pixel_spacing_mm)
         if type(x) is np.ndarray:
             s = self.spec if spec is None else self._check_spec(spec)
             if s.in_channels == 1 and x.ndim == 3 and x.shape[-1] == 3 and frame is None:
@@ -306,11 +325,9 @@ class Session:
             return self._resolve(np.from_dlpack(x), spec, frame, pixel_spacing_mm)
         if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(x, "read") or \
                 type(x).__name__ in ("Dataset", "FileDataset"):
-            from engine import dicom
-
             t0 = _perf_ns()
             src = bytes(x) if isinstance(x, (bytearray, memoryview)) else x
-            img = dicom.read(src)
+            img = _read_dicom(src)
             if not hasattr(img, "pixels"):
                 if len(img) != 1:
                     raise InputError(f"{img!r} holds {len(img)} frames: use session.stream(...) for cine or "
@@ -496,6 +513,16 @@ class Session:
             producer.join(timeout=1.0)  # a source blocked in next() (a live probe) is a daemon thread
 
 
+def _read_dicom(src):
+    from engine import dicom
+    from engine.errors import DicomError
+
+    try:
+        return dicom.read(src)
+    except OSError as exc:  # missing file, a directory, unreadable: a typed error naming the path
+        raise DicomError(f"cannot read DICOM {src!r}: {exc.strerror or exc}") from exc
+
+
 def _is_device_array(x) -> bool:
     if hasattr(x, "__cuda_array_interface__"):
         return True
@@ -530,13 +557,11 @@ def _frame_source(frames) -> Iterator[tuple[Any, int | None, int]]:
             yield s, None, _perf_ns() - t0
 
     if isinstance(frames, (str, os.PathLike, bytes, bytearray)) or type(frames).__name__ in ("Dataset", "FileDataset"):
-        from engine import dicom
-
         src = bytes(frames) if isinstance(frames, bytearray) else frames
 
         def from_file():
             t0 = _perf_ns()
-            img = dicom.read(src)
+            img = _read_dicom(src)
             head_ns = _perf_ns() - t0
             if hasattr(img, "pixels"):
                 yield img, None, head_ns
@@ -627,8 +652,11 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
         raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
     if not isinstance(device, int) or isinstance(device, bool) or device < 0:
         raise InputError(f"device must be a CUDA device index >= 0, got {device!r}")
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"engine.load: path must be a str or os.PathLike to a .slicert bundle, got "
+                         f"{type(path).__name__}")
     bundle = open_bundle(Path(path))
     try:
         options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.errors import InputError, SessionClosed
+from engine.errors import BundleError, InputError, SessionClosed
 from engine.spec import PreprocessSpec
 
 STAGES = ("decode", "preprocess", "h2d", "infer", "d2h", "postprocess", "total")
@@ -135,3 +135,41 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """{input name: ((max_batch, ...), dtype)}."""
+
+
+def check_model_io(bundle, variant: str, input_shapes: dict[str, tuple],
+                   output_shapes: dict[str, tuple] | None = None) -> None:
+    """The model a backend loaded must be the one the manifest describes: one input with the manifest's
+    name and (C, H, W) (which the preprocessing spec produces), and the manifest's output with one
+    channel per label (skipped when `output_shapes` is None). The batch axis is ignored. Raises BundleError."""
+    m = bundle.manifest
+    where = f"bundle {bundle.path.name}, {variant} model"
+    if len(input_shapes) != 1:
+        raise BundleError(f"{where}: has {len(input_shapes)} inputs {sorted(input_shapes)}; SliceRT models take "
+                          f"one image tensor; rebuild the bundle from a single-input export")
+    name, shape = next(iter(input_shapes.items()))
+    if name != m["input"]["name"]:
+        raise BundleError(f"{where}: input is named {name!r}, the manifest says {m['input']['name']!r}")
+    spec = bundle.spec
+    want = ((spec.out_channels, spec.out_height, spec.out_width) if spec.layout == "NCHW"
+            else (spec.out_height, spec.out_width, spec.out_channels))
+    if tuple(shape[1:]) != want:
+        raise BundleError(f"{where}: input {name!r} has shape {['N', *shape[1:]]}, but the manifest's preprocessing "
+                          f"spec produces {['N', *want]} ({spec.layout}); the bundle is inconsistent, rebuild it")
+    if output_shapes is None:
+        return
+    out_name = m["output"]["name"]
+    if out_name not in output_shapes:
+        raise BundleError(f"{where}: has no output {out_name!r} (it has {sorted(output_shapes)}); the manifest and "
+                          f"the model disagree, rebuild the bundle")
+    out = tuple(output_shapes[out_name])
+    k = len(m["model"]["labels"])
+    if m["model"]["task"] == "classification":
+        ok = len(out) == 2 and out[1] == k
+        want_out = f"[N, {k}]"
+    else:
+        ok = len(out) == 4 and (out[1] == k or (out[1] == 1 and k == 2))
+        want_out = f"[N, {k}, H, W]"
+    if not ok:
+        raise BundleError(f"{where}: output {out_name!r} has shape {['N', *out[1:]]}, expected {want_out} for the "
+                          f"manifest's {k} labels; rebuild the bundle")

@@ -13,8 +13,9 @@ Session options and why:
     version and CPU features match the build machine, because ORT's layout optimizations (NCHWc
     blocking) are specific to the CPU they ran on; otherwise the plain ONNX variant is loaded with
     ORT_ENABLE_ALL and `info["model_why"]` says so.
-  * denormals flushed to zero (the CPU analogue of TensorRT's FTZ; avoids 100x slow-downs on
-    denormal activations).
+  * denormals are NOT flushed to zero: ORT's "session.set_denormal_as_zero" sets FTZ/DAZ in the MXCSR
+    of the calling thread and leaves it set, which would silently change the caller's own float
+    arithmetic (NumPy included) after the first inference.
 
 Thread model: one InferenceSession is shared by all buffer sets created with `fork()`; ONNX Runtime
 allows concurrent `run` calls on one session, and each fork has its own input/output arrays and
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, check_model_io
 from engine.errors import BackendUnavailable, BundleError, InputError
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
@@ -55,7 +56,6 @@ def session_options(threads: int, *, optimized_model: bool):
     so.enable_cpu_mem_arena = True
     so.enable_mem_pattern = True
     so.log_severity_level = 3  # errors only: warnings go to stderr of an embedded device otherwise
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     return so
 
 
@@ -136,8 +136,12 @@ class OnnxRuntimeBackend(Backend):
             why = f"ORT-optimized model failed to load here ({str(exc).splitlines()[0]}); using the ONNX model"
             entry = self.bundle.variants[self.variant]
             member, optimized = entry.get("onnx_cpu") or entry["onnx"], False
-            sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
-                                        providers=[self.provider])
+            try:
+                sess = ort.InferenceSession(self.bundle.read(member), session_options(threads, optimized_model=False),
+                                            providers=[self.provider])
+            except Exception as exc2:
+                raise BundleError(f"onnxruntime cannot load bundle member {member!r} either: "
+                                  f"{str(exc2).splitlines()[0]}; the bundle is damaged, rebuild it") from exc2
         self._sess = sess
         self._run_options = _run_options()
         self._run = sess.run_with_iobinding
@@ -145,7 +149,10 @@ class OnnxRuntimeBackend(Backend):
                          inter_op_threads=1, model_file=member, model_optimized=optimized, model_why=why,
                          onnxruntime=ort_version())
         self._describe_io()
+        check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._input_specs.items()})
         self._allocate()
+        check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._input_specs.items()},
+                       {n: a.shape for n, a in self._outputs.items()})
         self._warm_up()
 
     def _describe_io(self) -> None:

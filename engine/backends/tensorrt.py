@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, check_model_io
 from engine.errors import BackendUnavailable, BundleError, CudaError, EngineMismatch, InputError
 
 NATIVE_CONTRACT = ("Stream", "DeviceBuffer", "PinnedBuffer", "Event", "CudaGraph", "preprocess_cuda_into",
@@ -211,7 +211,7 @@ class TensorRTBackend(Backend):
             else:
                 self._output_names.append(name)
         if len(self._inputs) != 1:
-            raise BundleError(f"the engine has {len(self._inputs)} inputs; SliceRT models take one")
+            check_model_io(self.bundle, self.variant, {n: s for n, (s, _) in self._inputs.items()})
         self._in_name, (in_shape, in_dtype) = next(iter(self._inputs.items()))
         self._in_dtype = in_dtype
         self._slot_elems = int(np.prod(in_shape[1:]))
@@ -230,6 +230,8 @@ class TensorRTBackend(Backend):
             self._h_outputs[name] = _native.PinnedBuffer(nbytes)
             self._out_arrays[name] = self._h_outputs[name].array(dtype, list(shape))  # pinned: async D2H
             self._context.set_tensor_address(name, self._d_outputs[name].ptr)
+        check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._inputs.items()},
+                       {n: a.shape for n, a in self._out_arrays.items()})
         self._current_batch = self.max_batch
         self._raw: list[tuple[Any, Any, int]] = []  # per batch slot: (PinnedBuffer, DeviceBuffer, capacity)
         self._slots: list[tuple | None] = [None] * self.max_batch

@@ -85,11 +85,11 @@ def check_member_name(name: str) -> str:
 # -- manifest validation --------------------------------------------------------------------------
 def _need(obj: Any, key: str, types: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
-        raise BundleError(f"manifest.json: missing field {where}{key!r}")
+        raise BundleError(f"manifest.json: missing field '{where}{key}'")
     value = obj[key]
     allowed = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        raise BundleError(f"manifest.json: field {where}{key!r} has type {type(value).__name__}, "
+        raise BundleError(f"manifest.json: field '{where}{key}' has type {type(value).__name__}, "
                           f"expected {' or '.join(t.__name__ for t in allowed)}")
     return value
 
@@ -109,8 +109,23 @@ def check_schema_version(manifest: Any) -> int:
     return version
 
 
+def _optional(obj: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:
+    """obj[key] when present and not None (checked like _need), else None."""
+    if obj.get(key) is None:
+        return None
+    return _need(obj, key, types, where)
+
+
+def _member_ref(obj: dict, key: str, members: dict, where: str, required: bool = False) -> str | None:
+    name = _need(obj, key, str, where) if required else _optional(obj, key, str, where)
+    if name is not None and name not in members:
+        raise BundleError(f"manifest.json: {where}{key} names {name!r}, which has no entry in members")
+    return name
+
+
 def validate_manifest(manifest: Any) -> dict[str, Any]:
-    """Check the manifest's structure; raises BundleError naming the first bad field."""
+    """Check every manifest field the runtime reads, with its type; raises BundleError naming the first
+    bad field. A bundle that passes cannot make the runtime fail with KeyError/TypeError later."""
     check_schema_version(manifest)
     model = _need(manifest, "model", dict, "")
     task = _need(model, "task", str, "model.")
@@ -118,15 +133,20 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         raise BundleError(f"manifest.json: model.task must be one of {TASKS}, got {task!r}")
     _need(model, "name", str, "model.")
     labels = _need(model, "labels", list, "model.")
-    if not labels or not all(isinstance(x, str) for x in labels):
-        raise BundleError("manifest.json: model.labels must be a non-empty list of strings")
+    if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+        raise BundleError("manifest.json: model.labels must be a non-empty list of unique, non-empty strings")
 
     inp = _need(manifest, "input", dict, "")
     _need(inp, "name", str, "input.")
     shape = _need(inp, "shape", list, "input.")
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise BundleError(f"manifest.json: input.shape must be [N, C, H, W] or [N, H, W, C], got {shape}")
+    if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or \
+            not all(d >= 1 for d in shape[1:]):
+        raise BundleError(f"manifest.json: input.shape must be [N, C, H, W] or [N, H, W, C] integers, got {shape}")
     _need(inp, "dtype", str, "input.")
+    _optional(inp, "layout", str, "input.")
+    max_batch = _optional(inp, "max_batch", int, "input.")
+    if max_batch is not None and max_batch < 1:
+        raise BundleError(f"manifest.json: input.max_batch must be >= 1, got {max_batch}")
 
     try:
         PreprocessSpec.from_dict(_need(manifest, "preprocess", dict, ""))
@@ -149,7 +169,9 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         sha = _need(entry, "sha256", str, f"members[{name!r}].")
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise BundleError(f"manifest.json: members[{name!r}].sha256 is not a hex SHA-256 digest")
-        _need(entry, "size", int, f"members[{name!r}].")
+        size = _need(entry, "size", int, f"members[{name!r}].")
+        if size < 0:
+            raise BundleError(f"manifest.json: members[{name!r}].size must be >= 0, got {size}")
 
     variants = _need(manifest, "variants", dict, "")
     if not variants:
@@ -157,18 +179,44 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     for variant, entry in variants.items():
         if variant not in VARIANTS:
             raise BundleError(f"manifest.json: unknown variant {variant!r} (known: {VARIANTS})")
-        for key in ("onnx", "onnx_cpu", "ort"):
-            member = entry.get(key) if isinstance(entry, dict) else None
-            if member is not None and member not in members:
-                raise BundleError(f"manifest.json: variants.{variant}.{key} names {member!r}, "
-                                  f"which has no entry in members")
-        _need(entry, "onnx", str, f"variants.{variant}.")
+        where = f"variants.{variant}."
+        if not isinstance(entry, dict):
+            raise BundleError(f"manifest.json: {where[:-1]} must be an object")
+        _member_ref(entry, "onnx", members, where, required=True)
+        _member_ref(entry, "onnx_cpu", members, where)
+        _member_ref(entry, "ort", members, where)
+        _optional(entry, "accuracy_gate", dict, where)
+    defaults = _optional(manifest, "default_variant", dict, "")
+    for backend, variant in (defaults or {}).items():
+        if not isinstance(variant, str) or variant not in variants:
+            raise BundleError(f"manifest.json: default_variant.{backend} must name a variant of this bundle "
+                              f"({sorted(variants)}), got {variant!r}")
+    ort = _optional(manifest, "ort", dict, "")
+    if ort is not None:
+        _optional(ort, "version", str, "ort.")
+        flags = _optional(ort, "cpu_flags", list, "ort.")
+        if flags is not None and not all(isinstance(f, str) for f in flags):
+            raise BundleError("manifest.json: ort.cpu_flags must be a list of strings")
     for i, eng in enumerate(_need(manifest, "engines", list, "")):
-        for key in ("plan", "variant", "trt_version"):
-            _need(eng, key, str, f"engines[{i}].")
-        if eng["plan"] not in members:
-            raise BundleError(f"manifest.json: engines[{i}].plan names {eng['plan']!r}, which has no entry in members")
+        where = f"engines[{i}]."
+        if not isinstance(eng, dict):
+            raise BundleError(f"manifest.json: {where[:-1]} must be an object")
+        _member_ref(eng, "plan", members, where, required=True)
+        for key in ("timing_cache", "build_log", "layers"):
+            _member_ref(eng, key, members, where)
+        for key in ("variant", "trt_version"):
+            _need(eng, key, str, where)
         if eng.get("hardware_compat", "none") not in HARDWARE_COMPAT:
-            raise BundleError(f"manifest.json: engines[{i}].hardware_compat must be one of {HARDWARE_COMPAT}")
+            raise BundleError(f"manifest.json: {where}hardware_compat must be one of {HARDWARE_COMPAT}")
+        cc = _need(eng, "compute_capability", list, where)
+        if len(cc) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in cc):
+            raise BundleError(f"manifest.json: {where}compute_capability must be [major, minor], got {cc}")
+        for key in ("version_compatible", "lean_runtime_excluded"):
+            _optional(eng, key, bool, where)
+        _optional(eng, "max_batch", int, where)
+    _optional(manifest, "engines_not_built", str, "")
+    _optional(manifest, "accuracy", dict, "")
+    _optional(manifest, "excluded_variants", dict, "")
+    _optional(manifest, "created_utc", str, "")
     _need(manifest, "provenance", dict, "")
     return manifest

@@ -26,6 +26,7 @@ _CENTRAL_SIG = b"PK\x01\x02"
 _END_SIG = b"PK\x05\x06"
 _LOCAL_FMT = "<4sHHHHHIIIHH"  # signature .. extra length (30 bytes)
 _REBUILD = "copy the bundle again or rebuild it with `slicert build`"
+MAX_MANIFEST_BYTES = 64 << 20  # generous: the accuracy report with its per-layer tables travels inside
 
 
 def _local_data_offset(mm: mmap.mmap, header_offset: int, name: str, file_size: int) -> int:
@@ -102,6 +103,8 @@ class Bundle:
     def read_json(self, name: str) -> Any:
         try:
             return json.loads(self.read(name))
+        except RecursionError:
+            raise BundleError(f"member {name!r} nests JSON too deeply") from None
         except ValueError as exc:
             raise BundleError(f"member {name!r} is not valid JSON: {exc}") from exc
 
@@ -185,6 +188,8 @@ def open_bundle(path: os.PathLike[str] | str, *, verify: bool = True) -> Bundle:
 
     Raises BundleError naming the member at fault, or saying how to fix a too-new schema.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleError(f"a bundle path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"no bundle at {path}" + (" (it is a directory)" if path.is_dir() else ""))
@@ -210,8 +215,14 @@ def open_bundle(path: os.PathLike[str] | str, *, verify: bool = True) -> Bundle:
                     from None
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise BundleError(f"bundle {path}: member {fmt.MANIFEST!r} is corrupted ({exc}); {_REBUILD}") from None
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise BundleError(f"bundle {path}: {fmt.MANIFEST} is {len(raw)} bytes, more than the "
+                                  f"{MAX_MANIFEST_BYTES} a SliceRT manifest can be; {_REBUILD}")
             try:
                 manifest = json.loads(raw)
+            except RecursionError:
+                raise BundleError(f"bundle {path}: member {fmt.MANIFEST!r} nests JSON too deeply to be a SliceRT "
+                                  f"manifest; {_REBUILD}") from None
             except ValueError as exc:
                 raise BundleError(f"bundle {path}: member {fmt.MANIFEST!r} is not valid JSON ({exc}); {_REBUILD}") \
                     from None

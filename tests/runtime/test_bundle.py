@@ -255,3 +255,13 @@ def test_zip64_sized_padding_is_computed_for_large_headers():
     assert (100 + 30 + 1 + len(small)) % fmt.ALIGNMENT == 0
     assert (100 + 30 + 1 + 20 + len(big)) % fmt.ALIGNMENT == 0
     assert struct.unpack("<HH", small[:4])[1] == len(small) - 4
+
+
+def test_hostile_manifest_json_is_a_bundle_error(tmp_path):
+    path = write_bundle(tmp_path / "b.slicert", _manifest(), MEMBERS)
+    deep = tmp_path / "deep.slicert"
+    _rewrite_zip(path, deep, lambda n, d: (n, b"[" * 100000 + b"]" * 100000 if n == fmt.MANIFEST else d))
+    with pytest.raises(BundleError, match="nests JSON too deeply"):
+        open_bundle(deep)
+    with pytest.raises(BundleError, match="must be a str or os.PathLike"):
+        open_bundle(None)

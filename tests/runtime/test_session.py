@@ -427,3 +427,91 @@ def test_stream_closed_early_stops_the_decoder_thread(cls_session, rng):
     n = len(produced)
     time.sleep(0.05)
     assert len(produced) == n
+
+
+@pytest.mark.parametrize("spacing", ["abc", (1.0,), (1.0, 2.0, 3.0), (1e300, 1e300), [[0.5, 0.5]], (0.0, 1.0),
+                                     (float("nan"), 1.0), (-1.0, 1.0)])
+def test_bad_pixel_spacing(cls_session, pixels, spacing):
+    with pytest.raises(InputError, match="pixel_spacing_mm"):
+        cls_session.run(pixels, pixel_spacing_mm=spacing)
+
+
+@pytest.mark.parametrize("path", [None, 42, ["a.slicert"]])
+def test_load_needs_a_path(path):
+    with pytest.raises(InputError, match="path must be a str or os.PathLike"):
+        engine.load(path)
+
+
+def test_missing_dicom_path_is_a_dicom_error(cls_session, tmp_path):
+    from engine.errors import DicomError
+
+    with pytest.raises(DicomError, match="cannot read DICOM .*missing.dcm"):
+        cls_session.run(str(tmp_path / "missing.dcm"))
+    with pytest.raises(DicomError, match="cannot read DICOM"):
+        cls_session.run(tmp_path)
+
+
+def test_inference_leaves_the_callers_float_environment_alone(cls_bundle, pixels):
+    """No FTZ/DAZ left behind on the calling thread: the caller's own arithmetic must keep subnormals."""
+    def subnormals_work():
+        return 5e-324 * 1.0 != 0.0 and (2.2250738585072014e-308 / 2.0) != 0.0
+
+    assert subnormals_work()
+    with engine.load(cls_bundle) as s:
+        s.run(pixels)
+        s.run_batch([pixels, pixels])
+    assert subnormals_work()
+
+
+def _repack_with_model(cls_bundle, tmp_path, model, name):
+    """The classifier bundle with its FP32 ONNX replaced by `model` and digests recomputed: integrity
+    checks pass, only the model/manifest consistency check can catch it."""
+    from engine.bundle import write_bundle
+
+    with open_bundle(cls_bundle) as b:
+        manifest = json.loads(json.dumps(b.manifest))
+        members = {n: b.read(n) for n in b.members}
+    manifest["variants"] = {"fp32": {"onnx": "onnx/model.fp32.onnx"}}
+    manifest["default_variant"] = {"onnxruntime": "fp32", "tensorrt": "fp32"}
+    members = {n: d for n, d in members.items() if not n.startswith(("ort/", "onnx/"))}
+    members["onnx/model.fp32.onnx"] = model.SerializeToString()
+    manifest.pop("members")
+    return write_bundle(tmp_path / name, manifest, members)
+
+
+def test_model_and_manifest_must_agree(cls_bundle, tmp_path):
+    import onnx
+
+    import tiny_models
+
+    five = tiny_models.classifier()
+    w = onnx.numpy_helper.to_array(next(i for i in five.graph.initializer if i.name == "fc_w"))
+    for init in five.graph.initializer:
+        if init.name == "fc_w":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.resize(w, (5, w.shape[1])).astype(np.float32), "fc_w"))
+        if init.name == "fc_b":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.zeros(5, np.float32), "fc_b"))
+    five.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
+    with pytest.raises(BundleError, match=r"output 'scores' has shape \['N', 5\], expected \[N, 3\]"):
+        engine.load(_repack_with_model(cls_bundle, tmp_path, five, "five.slicert"))
+
+    renamed = tiny_models.classifier()
+    renamed.graph.node[-1].output[0] = "probs"
+    renamed.graph.output[0].name = "probs"
+    with pytest.raises(BundleError, match=r"has no output 'scores' \(it has \['probs'\]\)"):
+        engine.load(_repack_with_model(cls_bundle, tmp_path, renamed, "renamed.slicert"))
+
+    wide = tiny_models.classifier()
+    for d, v in zip(wide.graph.input[0].type.tensor_type.shape.dim[2:], (64, 64)):
+        d.dim_value = v
+    with pytest.raises(BundleError, match=r"input 'input' has shape \['N', 1, 64, 64\].*\['N', 1, 32, 32\]"):
+        engine.load(_repack_with_model(cls_bundle, tmp_path, wide, "wide.slicert"))
+
+
+def test_garbage_model_with_valid_digests_is_a_bundle_error(cls_bundle, tmp_path):
+    class Garbage:
+        def SerializeToString(self):
+            return b"\x08\x07" + bytes(range(256)) * 8
+
+    with pytest.raises(BundleError, match="onnxruntime cannot load bundle member 'onnx/model.fp32.onnx'"):
+        engine.load(_repack_with_model(cls_bundle, tmp_path, Garbage(), "garbage.slicert"))
