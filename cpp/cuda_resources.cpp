@@ -381,6 +381,8 @@ void preprocess_cuda_into(const py::object& out, const py::object& x, const std:
   a.pixel = ps.pixel_params();
   a.pixel.modality_lut = tables->modality;
   a.pixel.voi_lut = tables->voi;
+  a.use_affine = ps.use_affine ? 1 : 0;
+  a.affine = ps.affine;
   a.geo = geo;
   pm::make_axes(geo.roi_h, geo.roi_w, geo.content_h, geo.content_w, ps.resize, &a.ay, &a.ax);
   a.output = ps.output;

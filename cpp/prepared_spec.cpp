@@ -124,6 +124,7 @@ PreparedSpec::PreparedSpec(const py::object& spec) {
     }
   }
   equalize = py::cast<bool>(spec.attr("equalize"));
+  use_affine = pm::affine_chain(pixel_params(), &affine) != 0;
   if (equalize && in_channels == 3 && out_channels == 3)
     throw InputError("PreprocessSpec.equalize: histogram equalization works on one grey channel; "
                      "use out_channels=1 for RGB input");
@@ -153,11 +154,10 @@ const std::vector<float>& PreparedSpec::folded_lut(int in_dtype) const {
   if (in_dtype != pm::IN_U8 && in_dtype != pm::IN_U16 && in_dtype != pm::IN_I16)
     throw InputError("folded_lut: only 8/16-bit integer inputs have a folded table");
   std::call_once(lut_once_[in_dtype], [&] {
-    const pm::PixelParams p = pixel_params();
     const int n = in_dtype == pm::IN_U8 ? 256 : 65536;
     const int offset = in_dtype == pm::IN_I16 ? -32768 : 0;
     std::vector<float> lut(n);
-    for (int i = 0; i < n; ++i) lut[i] = pm::pixel_value(static_cast<float>(i + offset), p);
+    for (int i = 0; i < n; ++i) lut[i] = displayed(static_cast<float>(i + offset));
     luts_[in_dtype] = std::move(lut);
   });
   return luts_[in_dtype];

@@ -19,10 +19,20 @@ struct PreparedSpec {
 
   // Stored value -> displayed value for every possible value of an integer dtype of <= 16 bits
   // (modality LUT + VOI + inversion folded into one table, PS3.3 C.11). Index: u8/u16 value, or
-  // int16 value + 32768. Built once per dtype with the same pm::pixel_value the CUDA kernel uses.
+  // int16 value + 32768. Built once per dtype with displayed(), the function the CUDA kernel uses.
   const std::vector<float>& folded_lut(int in_dtype) const;
 
   pm::PixelParams pixel_params() const;  // pointers into the host tables below
+
+  // Set when the chain is a clamped affine map (pm::affine_chain): every path (SIMD rows, folded
+  // tables, the CUDA kernel) then evaluates pm::affine_value, so they all agree to the bit.
+  bool use_affine = false;
+  pm::Affine affine{};
+
+  // Stored value -> displayed value, the one definition every path uses.
+  float displayed(float stored) const {
+    return use_affine ? pm::affine_value(stored, affine) : pm::pixel_value(stored, pixel_params());
+  }
 
   int out_h = 0, out_w = 0;
   int in_channels = 1, out_channels = 1;

@@ -33,17 +33,21 @@ __device__ __forceinline__ float load_value(const char* p) {
 
 // Working values (1 or 3 channels) of ROI pixel (r, c), equalization included when eq != nullptr.
 template <int DT>
+__device__ __forceinline__ float displayed(const CudaPreprocessArgs& a, const char* p) {
+  const float x = load_value<DT>(p);
+  return a.use_affine ? pm::affine_value(x, a.affine) : pm::pixel_value(x, a.pixel);
+}
+
+template <int DT>
 __device__ __forceinline__ void fetch(const CudaPreprocessArgs& a, const float* eq, int r, int c, float* v) {
   const char* p = a.src + r * a.sy + c * a.sx;
   const float lo = a.pixel.out_min, hi = a.pixel.out_max;
   if (a.in_channels == 1) {
-    float g = pm::pixel_value(load_value<DT>(p), a.pixel);
+    float g = displayed<DT>(a, p);
     v[0] = eq ? eq[pm::equalize_bin(g, lo, hi)] : g;
     return;
   }
-  const float R = pm::pixel_value(load_value<DT>(p), a.pixel);
-  const float G = pm::pixel_value(load_value<DT>(p + a.sc), a.pixel);
-  const float B = pm::pixel_value(load_value<DT>(p + 2 * a.sc), a.pixel);
+  const float R = displayed<DT>(a, p), G = displayed<DT>(a, p + a.sc), B = displayed<DT>(a, p + 2 * a.sc);
   if (a.cw == 3) {
     v[0] = R;
     v[1] = G;

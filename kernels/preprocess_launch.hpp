@@ -16,6 +16,8 @@ struct CudaPreprocessArgs {
   int in_channels;         // 1 or 3
   int cw;                  // working channels: 1 (grey / luma) or 3 (RGB kept)
   pm::PixelParams pixel;   // table pointers are device pointers
+  int use_affine;          // the chain is pm::affine_value(x, affine) (same choice as the CPU path)
+  pm::Affine affine;
   pm::Geometry geo;
   pm::AxisMap ay, ax;
   pm::OutputParams output;

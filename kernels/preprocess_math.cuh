@@ -97,6 +97,64 @@ SLICERT_HD float pixel_value(float stored, const PixelParams& p) {
   return p.invert ? (p.out_max + p.out_min) - y : y;
 }
 
+// Rescale + LINEAR / LINEAR_EXACT / no VOI + inversion is one clamped affine map of the stored
+// value, mathematically identical to the piecewise formulas above (the window ramp is continuous at
+// both ends). The CPU evaluates it with 16-wide SIMD instead of a table lookup: measured 2-3x faster
+// on a 2048^2 uint16 image, which turns the table-bound kernel into a memory-bound one. Not used for
+// a modality LUT table, SIGMOID, a VOI LUT, or the LINEAR w == 1 step (no finite slope).
+// Centred form y = (x - x0) * a + b: x0 is the window centre in stored-value units, so for integer
+// data (slope 1, integer intercept, c - 0.5) the subtraction is exact and the result is as accurate
+// as the DICOM formula itself; the uncentred x * a + b would lose ulp(|x| / w) to cancellation.
+struct Affine {
+  float x0, a, b;  // y = (x - x0) * a + b
+  float lo, hi;    // then clamped to [lo, hi] when clamp != 0
+  int clamp;
+};
+
+SLICERT_HD int affine_chain(const PixelParams& p, Affine* out) {
+  if (p.modality_lut != nullptr) return 0;
+  const double lo = p.out_min, hi = p.out_max, range = hi - lo;
+  double x0, a, b;
+  int clamp = 1;
+  if (p.voi == VOI_NONE) {
+    x0 = 0.0;
+    a = p.rescale_slope;
+    b = p.rescale_intercept;
+    clamp = 0;
+  } else if (p.voi == VOI_LINEAR || p.voi == VOI_LINEAR_EXACT) {
+    const double c = p.voi == VOI_LINEAR ? static_cast<double>(p.window_center) - 0.5 : p.window_center;
+    const double w = p.voi == VOI_LINEAR ? static_cast<double>(p.window_width) - 1.0 : p.window_width;
+    if (!(w > 0.0)) return 0;
+    // y = ((m - c) / w + 0.5) * range + lo with m = x * slope + intercept.
+    x0 = (c - p.rescale_intercept) / p.rescale_slope;
+    a = p.rescale_slope * range / w;
+    b = 0.5 * range + lo;
+  } else {
+    return 0;
+  }
+  if (p.invert) {  // (lo + hi) - y
+    a = -a;
+    b = (lo + hi) - b;
+  }
+  out->x0 = static_cast<float>(x0);
+  out->a = static_cast<float>(a);
+  out->b = static_cast<float>(b);
+  out->lo = p.out_min;
+  out->hi = p.out_max;
+  out->clamp = clamp;
+  return 1;
+}
+
+// Written with comparisons (not fminf/fmaxf, whose NaN rules block vectorization); inputs are finite.
+SLICERT_HD float affine_value(float x, const Affine& f) {
+  float v = (x - f.x0) * f.a + f.b;
+  if (f.clamp) {
+    v = v < f.lo ? f.lo : v;
+    v = v > f.hi ? f.hi : v;
+  }
+  return v;
+}
+
 // ITU-R BT.601 luma, the conversion DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 SLICERT_HD float luma_bt601(float r, float g, float b) { return 0.299f * r + 0.587f * g + 0.114f * b; }
 
@@ -260,12 +318,27 @@ struct OutputParams {
   int quant_zero_point;
 };
 
-// zscore / minmax: shift and divisor come from the statistics of the resampled content
-// (mean/std or min/max-min), computed by the caller.
+// Normalization of channel c as (v - shift) / div: none (0, 1), fixed (mean[c], std[c]), or the
+// zscore / minmax statistics of the resampled content computed by the caller. One formula for every
+// mode keeps the output loop branch-free.
+SLICERT_HD void normalize_params(int c, const OutputParams& o, float stat_shift, float stat_div, float* shift,
+                                 float* div) {
+  if (o.normalize == NORM_FIXED) {
+    *shift = o.mean[c];
+    *div = o.std[c];
+  } else if (o.normalize == NORM_ZSCORE || o.normalize == NORM_MINMAX) {
+    *shift = stat_shift;
+    *div = stat_div;
+  } else {
+    *shift = 0.0f;
+    *div = 1.0f;
+  }
+}
+
 SLICERT_HD float normalize_value(float v, int c, const OutputParams& o, float stat_shift, float stat_div) {
-  if (o.normalize == NORM_FIXED) return (v - o.mean[c]) / o.std[c];
-  if (o.normalize == NORM_ZSCORE || o.normalize == NORM_MINMAX) return (v - stat_shift) / stat_div;
-  return v;
+  float shift, div;
+  normalize_params(c, o, stat_shift, stat_div, &shift, &div);
+  return (v - shift) / div;
 }
 
 // zscore / minmax statistics of the resampled content -> (shift, divisor).
