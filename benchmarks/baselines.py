@@ -14,6 +14,7 @@ argmax, `cv2.resize(INTER_NEAREST)` back to the source geometry and per-class ar
 
 All configurations get the same thread budget (`threads`, default all usable cores) for every library.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -50,8 +51,13 @@ class InputSet:
 
 
 def cr_file(path: str | Path) -> InputSet:
-    return InputSet("chest CR (RG1_UNCR.dcm, real)", "dicom_file", [str(path)],
-                    f"real chest CR {Path(path).name} from pydicom-data, decoded from file on every call", True)
+    return InputSet(
+        "chest CR (RG1_UNCR.dcm, real)",
+        "dicom_file",
+        [str(path)],
+        f"real chest CR {Path(path).name} from pydicom-data, decoded from file on every call",
+        True,
+    )
 
 
 def cine_frames(path: str | Path, max_frames: int | None = None) -> InputSet:
@@ -72,10 +78,17 @@ def cine_frames(path: str | Path, max_frames: int | None = None) -> InputSet:
     for s in slices:
         _ = s.pixels  # decode now, outside the timed calls
     spacing = slices[0].pixel_spacing_mm
-    return InputSet("ultrasound cine (real)", "frames", [np.ascontiguousarray(frames[i]) for i in range(count)],
-                    f"real ultrasound cine {Path(path).name} (deid-data): {count} frames of {frames.shape[1:]} "
-                    f"{ds.PhotometricInterpretation}, decoded once before timing (a scanner hands frames over in "
-                    f"memory)", True, pixel_spacing_mm=spacing, slices=slices)
+    return InputSet(
+        "ultrasound cine (real)",
+        "frames",
+        [np.ascontiguousarray(frames[i]) for i in range(count)],
+        f"real ultrasound cine {Path(path).name} (deid-data): {count} frames of {frames.shape[1:]} "
+        f"{ds.PhotometricInterpretation}, decoded once before timing (a scanner hands frames over in "
+        f"memory)",
+        True,
+        pixel_spacing_mm=spacing,
+        slices=slices,
+    )
 
 
 def raw_images(name: str, images: Sequence[np.ndarray], description: str) -> InputSet:
@@ -91,7 +104,7 @@ def user_decode(path: str) -> tuple[Any, np.ndarray]:
 
 
 def user_preprocess_dicom(ds: Any, arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The notebook way: pydicom LUTs in float64, invert, INTER_AREA resize, normalize -> (1,C,H,W) float32."""
+    """The notebook way: pydicom LUTs (float64), invert, INTER_AREA resize, normalize -> (1,C,H,W)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     x = apply_modality_lut(arr, ds)
@@ -150,8 +163,9 @@ def _finish(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 # -- user post-processing ------------------------------------------------------------------------------
-def user_postprocess(task: str, out: np.ndarray, src_hw: tuple[int, int],
-                     pixel_spacing_mm: tuple[float, float] | None) -> Any:
+def user_postprocess(
+    task: str, out: np.ndarray, src_hw: tuple[int, int], pixel_spacing_mm: tuple[float, float] | None
+) -> Any:
     import cv2
 
     if task == "classification":
@@ -167,8 +181,9 @@ def user_postprocess(task: str, out: np.ndarray, src_hw: tuple[int, int],
 
 
 # -- configurations ----------------------------------------------------------------------------------
-def _user_stages(inputs: InputSet, spec: PreprocessSpec, task: str,
-                 infer: Callable[[np.ndarray], np.ndarray]) -> list[tuple[str, Callable[[Any], Any]]]:
+def _user_stages(
+    inputs: InputSet, spec: PreprocessSpec, task: str, infer: Callable[[np.ndarray], np.ndarray]
+) -> list[tuple[str, Callable[[Any], Any]]]:
     stages: list[tuple[str, Callable[[Any], Any]]] = []
     if inputs.kind == "dicom_file":
         stages.append(("decode", user_decode))
@@ -186,8 +201,16 @@ def _cycle(inputs: InputSet) -> dict[str, Any]:
     return {"inputs": inputs.items}
 
 
-def torch_eager(name: str, load_module: Callable[[], Any], inputs: InputSet, spec: PreprocessSpec, task: str, *,
-                threads: int, meta: dict[str, Any] | None = None) -> Pipeline:
+def torch_eager(
+    name: str,
+    load_module: Callable[[], Any],
+    inputs: InputSet,
+    spec: PreprocessSpec,
+    task: str,
+    *,
+    threads: int,
+    meta: dict[str, Any] | None = None,
+) -> Pipeline:
     """(1) `load_module()` returns an eval-mode torch.nn.Module (FP32) taking (N,C,H,W)."""
 
     def build():
@@ -202,8 +225,17 @@ def torch_eager(name: str, load_module: Callable[[], Any], inputs: InputSet, spe
 
         return _user_stages(inputs, spec, task, infer)
 
-    return Pipeline(name, build, meta={"baseline": "pytorch-eager-fp32", "input": inputs.description,
-                                       "threads": threads, **(meta or {})}, **_cycle(inputs))
+    return Pipeline(
+        name,
+        build,
+        meta={
+            "baseline": "pytorch-eager-fp32",
+            "input": inputs.description,
+            "threads": threads,
+            **(meta or {}),
+        },
+        **_cycle(inputs),
+    )
 
 
 def ort_session(onnx_path: str | Path, threads: int) -> Any:
@@ -216,8 +248,16 @@ def ort_session(onnx_path: str | Path, threads: int) -> Any:
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnxruntime_user(name: str, onnx_path: str | Path, inputs: InputSet, spec: PreprocessSpec, task: str, *,
-                     threads: int, meta: dict[str, Any] | None = None) -> Pipeline:
+def onnxruntime_user(
+    name: str,
+    onnx_path: str | Path,
+    inputs: InputSet,
+    spec: PreprocessSpec,
+    task: str,
+    *,
+    threads: int,
+    meta: dict[str, Any] | None = None,
+) -> Pipeline:
     """(2)/(3) ONNX Runtime CPU, all graph optimizations on, same user pre/post-processing."""
 
     def build():
@@ -226,22 +266,41 @@ def onnxruntime_user(name: str, onnx_path: str | Path, inputs: InputSet, spec: P
         out_name = sess.get_outputs()[0].name
         return _user_stages(inputs, spec, task, lambda t: sess.run([out_name], {in_name: t})[0])
 
-    return Pipeline(name, build, meta={"baseline": "onnxruntime-fp32-user-preprocessing", "onnx": str(onnx_path),
-                                       "input": inputs.description, "threads": threads, **(meta or {})},
-                    **_cycle(inputs))
+    return Pipeline(
+        name,
+        build,
+        meta={
+            "baseline": "onnxruntime-fp32-user-preprocessing",
+            "onnx": str(onnx_path),
+            "input": inputs.description,
+            "threads": threads,
+            **(meta or {}),
+        },
+        **_cycle(inputs),
+    )
 
 
-def slicert(name: str, bundle: str | Path, inputs: InputSet, *, threads: int,
-            load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> SessionConfig:
+def slicert(
+    name: str,
+    bundle: str | Path,
+    inputs: InputSet,
+    *,
+    threads: int,
+    load_kwargs: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> SessionConfig:
     """(4) SliceRT: engine.load + Session.run on the DICOM path (decoded per call), the cine's
     engine.dicom Slices (pre-decoded, like the user's frames) or the raw simulated arrays."""
     items = inputs.items
     if inputs.kind == "frames":
-        items = inputs.slices  # engine.dicom Slices of the same frames: the Session derives the spec from DICOM
+        items = (
+            inputs.slices
+        )  # engine.dicom Slices of the same frames: the Session derives the spec from DICOM
     kw = {"threads": threads, **(load_kwargs or {})}
     cyc = {"input": items[0]} if len(items) == 1 else {"inputs": items}
-    return SessionConfig(name, Path(bundle), load_kwargs=kw, meta={"input": inputs.description, **(meta or {})},
-                         **cyc)
+    return SessionConfig(
+        name, Path(bundle), load_kwargs=kw, meta={"input": inputs.description, **(meta or {})}, **cyc
+    )
 
 
 def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str, threads: int) -> Pipeline:
@@ -276,8 +335,11 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
             mask = pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec)
             return pp.class_areas_mm2(mask, None, k)
 
-        return [("preprocess", lambda a: backend.stage(a, spec, 0)), ("infer", lambda _: backend.infer(1)),
-                ("postprocess", post)]
+        return [
+            ("preprocess", lambda a: backend.stage(a, spec, 0)),
+            ("infer", lambda _: backend.infer(1)),
+            ("postprocess", post),
+        ]
 
     state: dict[str, Any] = {}
 
@@ -286,13 +348,22 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
             state["backend"].deactivate()
             state["bundle"].close()
 
-    return Pipeline(name, build, input=x, close=close, meta={"what": "backend.stage + backend.infer + post-processing "
-                                                                    "math, called directly (no Session)",
-                                                            "variant": variant, "threads": threads})
+    return Pipeline(
+        name,
+        build,
+        input=x,
+        close=close,
+        meta={
+            "what": "backend.stage + backend.infer + post-processing math, called directly (no Session)",
+            "variant": variant,
+            "threads": threads,
+        },
+    )
 
 
-def raw_calls(name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, optimized: bool,
-              threads: int) -> Pipeline:
+def raw_calls(
+    name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, optimized: bool, threads: int
+) -> Pipeline:
     """The floor under Session.run, with no SliceRT Python in between: engine.preprocess.preprocess_into
     into an IOBinding-bound array, InferenceSession.run_with_iobinding (same bundle member, same session
     options, a reused RunOptions with gpu_graph_id=-1 as the backend uses), the same post-processing math.
@@ -309,8 +380,11 @@ def raw_calls(name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, 
         b = open_bundle(Path(bundle))
         state["bundle"] = b
         spec = b.spec
-        sess = ort.InferenceSession(b.read(model_file), session_options(threads, optimized_model=optimized),
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            b.read(model_file),
+            session_options(threads, optimized_model=optimized),
+            providers=["CPUExecutionProvider"],
+        )
         i0, o0 = sess.get_inputs()[0], sess.get_outputs()[0]
         inp = np.zeros((1, *i0.shape[1:]), np.float32)
         probe = sess.run([o0.name], {i0.name: inp})[0]
@@ -336,15 +410,28 @@ def raw_calls(name: str, bundle: str | Path, x: np.ndarray, *, model_file: str, 
 
             return pp.class_areas_mm2(pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec), None, k)
 
-        return [("preprocess", lambda a: preprocess_into(inp, a, spec, 0)), ("infer", lambda _: run(binding, ro)),
-                ("postprocess", post)]
+        return [
+            ("preprocess", lambda a: preprocess_into(inp, a, spec, 0)),
+            ("infer", lambda _: run(binding, ro)),
+            ("postprocess", post),
+        ]
 
-    return Pipeline(name, build, input=x, close=lambda: state["bundle"].close() if "bundle" in state else None,
-                    meta={"what": "preprocess_into + run_with_iobinding + post-processing math, no SliceRT Python",
-                          "model_file": model_file, "threads": threads})
+    return Pipeline(
+        name,
+        build,
+        input=x,
+        close=lambda: state["bundle"].close() if "bundle" in state else None,
+        meta={
+            "what": "preprocess_into + run_with_iobinding + post-processing math, no SliceRT Python",
+            "model_file": model_file,
+            "threads": threads,
+        },
+    )
 
 
-def input_agreement(inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: PreprocessSpec) -> dict[str, float]:
+def input_agreement(
+    inputs: InputSet, spec_user: PreprocessSpec, spec_slicert: PreprocessSpec
+) -> dict[str, float]:
     """Max |user - engine.preprocess| on the first input (same pixels, the spec SliceRT derives for them):
     proves the user pipeline does the same work, so no speed-up comes from skipping a step."""
     from engine.preprocess import preprocess

@@ -9,6 +9,7 @@ configuration after another; the interleaved numbers that RESULTS.md quotes come
 benchmarks/run_baselines.py. Models: the trained zoo once it exists, stand-ins (untrained, latency
 only) until then; threads: SLICERT_BENCH_THREADS (default 1, the least noisy on a shared box).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,13 +53,17 @@ def _inputs(dataset: str, which: str) -> bl.InputSet:
             return bl.cr_file(get_testdata_file("RG1_UNCR.dcm", download=False))
         import deid_data
 
-        return bl.cine_frames(Path(deid_data.__file__).parent / "data" / "ultrasounds" / "ultrasound-multiframe.dcm",
-                              max_frames=8)
+        return bl.cine_frames(
+            Path(deid_data.__file__).parent / "data" / "ultrasounds" / "ultrasound-multiframe.dcm",
+            max_frames=8,
+        )
     shape, dtype = SIM_SHAPES[dataset]
     img = synthetic_image(shape, dtype)
     if dtype == "uint8":
         img = (img >> 4).astype("uint8")
-    return bl.raw_images("synthetic pattern", [img], f"seeded synthetic pattern {shape} {dtype} (not a real image)")
+    return bl.raw_images(
+        "synthetic pattern", [img], f"seeded synthetic pattern {shape} {dtype} (not a real image)"
+    )
 
 
 def _config(pipeline: str, art: zoo.Artifacts, inputs: bl.InputSet):
@@ -72,8 +77,15 @@ def _config(pipeline: str, art: zoo.Artifacts, inputs: bl.InputSet):
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-@pytest.mark.parametrize("dataset,which", [("cxr_nodule", "real"), ("cxr_nodule", "synthetic"),
-                                           ("us_phantom", "real"), ("us_phantom", "synthetic")])
+@pytest.mark.parametrize(
+    "dataset,which",
+    [
+        ("cxr_nodule", "real"),
+        ("cxr_nodule", "synthetic"),
+        ("us_phantom", "real"),
+        ("us_phantom", "synthetic"),
+    ],
+)
 def test_end_to_end(benchmark, artifacts, dataset, which, pipeline):
     if zoo.task_of(dataset) == "segmentation":
         pytest.importorskip("engine.postprocess", reason="SliceRT segmentation needs engine.postprocess")

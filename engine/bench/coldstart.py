@@ -5,6 +5,7 @@ child times, with perf_counter_ns from its first line, `import engine`, `engine.
 first `Session.run`; the parent adds the wall time from spawn to exit (interpreter start-up included).
 The OS file cache is warm after the first repeat, as it is on a device that has booted once.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from engine.errors import InputError
 _MARK = "SLICERT_COLDSTART "
 
 
-def measure_process_cold_start(bundle: str | Path, input_text: str, load_kwargs: dict[str, Any] | None = None, *,
-                               repeats: int = 3, timeout_s: float = 300.0) -> dict[str, Any]:
+def measure_process_cold_start(
+    bundle: str | Path,
+    input_text: str,
+    load_kwargs: dict[str, Any] | None = None,
+    *,
+    repeats: int = 3,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
     """Spawn `repeats` fresh processes; returns per-repeat lists and medians (ms)."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise InputError(f"cold-start repeats must be an integer >= 1, got {repeats!r}")
@@ -31,14 +38,21 @@ def measure_process_cold_start(bundle: str | Path, input_text: str, load_kwargs:
     out: dict[str, Any] = {k: [] for k in keys}
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
-        proc = subprocess.run([sys.executable, "-m", "engine.bench.coldstart", payload], capture_output=True,
-                              text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine.bench.coldstart", payload],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
         wall = (time.perf_counter_ns() - t0) / 1e6
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)), None)
         if proc.returncode != 0 or line is None:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise InputError(f"cold-start process for {bundle} failed (exit {proc.returncode}): {' | '.join(tail)}")
-        child = json.loads(line[len(_MARK):])
+            raise InputError(
+                f"cold-start process for {bundle} failed (exit {proc.returncode}): {' | '.join(tail)}"
+            )
+        child = json.loads(line[len(_MARK) :])
         out["spawn_to_exit_ms"].append(wall)
         for k in keys[1:]:
             out[k].append(child[k])
@@ -63,9 +77,18 @@ def _child(payload: str) -> None:
     session.run(x)
     t4 = time.perf_counter_ns()
     session.close()
-    print(_MARK + json.dumps({"import_ms": (t1 - t0) / 1e6, "load_ms": (t2 - t1) / 1e6,
-                              "first_result_ms": (t4 - t3) / 1e6,
-                              "import_to_first_result_ms": ((t4 - t0) - (t3 - t2)) / 1e6}), flush=True)
+    print(
+        _MARK
+        + json.dumps(
+            {
+                "import_ms": (t1 - t0) / 1e6,
+                "load_ms": (t2 - t1) / 1e6,
+                "first_result_ms": (t4 - t3) / 1e6,
+                "import_to_first_result_ms": ((t4 - t0) - (t3 - t2)) / 1e6,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ A configuration spec on the command line is `PATH[:key=value[,key=value...]]`, t
 `engine.load` keyword arguments (backend, threads, max_batch, device, ...) plus `name` (the label in
 reports). Example: `zoo.slicert:backend=onnxruntime,threads=1`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -72,8 +73,10 @@ def check_load_kwargs(spec: str, kwargs: dict[str, Any]) -> None:
     allowed = _load_parameters()
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise InputError(f"configuration {spec!r}: unknown option(s) {unknown}; engine.load accepts "
-                         f"{sorted(allowed)} (and name=LABEL)")
+        raise InputError(
+            f"configuration {spec!r}: unknown option(s) {unknown}; engine.load accepts "
+            f"{sorted(allowed)} (and name=LABEL)"
+        )
 
 
 def synthetic_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
@@ -90,7 +93,7 @@ def synthetic_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0
 
 
 def parse_input(text: str, *, in_channels: int = 1) -> tuple[Any, dict[str, Any]]:
-    """`synthetic`, `synthetic:HxW`, a .npy file (raw pixels) or a DICOM file -> (input for Session.run, meta).
+    """`synthetic`, `synthetic:HxW`, a .npy file (raw pixels) or a DICOM file -> (input, meta).
 
     For a multi-frame DICOM the input is a list of pre-decoded engine.dicom Slices (one per call, cycled)."""
     if text == SYNTHETIC or text.startswith(SYNTHETIC + ":"):
@@ -101,17 +104,26 @@ def parse_input(text: str, *, in_channels: int = 1) -> tuple[Any, dict[str, Any]
             except ValueError:
                 hw = ()
             if len(hw) != 2 or min(hw) < 1:
-                raise InputError(f"--input {text!r}: expected synthetic:HEIGHTxWIDTH, e.g. synthetic:2048x2048")
+                raise InputError(
+                    f"--input {text!r}: expected synthetic:HEIGHTxWIDTH, e.g. synthetic:2048x2048"
+                )
         shape = (*hw, 3) if in_channels == 3 else hw
         img = synthetic_image(shape)
-        return img, {"input": "synthetic (seeded 12-bit test pattern, not a real image)",
-                     "input_shape": list(img.shape), "input_dtype": str(img.dtype)}
+        return img, {
+            "input": "synthetic (seeded 12-bit test pattern, not a real image)",
+            "input_shape": list(img.shape),
+            "input_dtype": str(img.dtype),
+        }
     p = Path(text)
     if not p.is_file():
         raise InputError(f"--input {text!r}: no such file (give a DICOM file, a .npy array or 'synthetic')")
     if p.suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
-        return arr, {"input": f"raw array {p.name}", "input_shape": list(arr.shape), "input_dtype": str(arr.dtype)}
+        return arr, {
+            "input": f"raw array {p.name}",
+            "input_shape": list(arr.shape),
+            "input_dtype": str(arr.dtype),
+        }
     import engine.dicom
 
     img = engine.dicom.read(str(p))
@@ -122,18 +134,30 @@ def parse_input(text: str, *, in_channels: int = 1) -> tuple[Any, dict[str, Any]
         frames = [img[i] for i in range(count)]
         for f in frames:
             _ = f.pixels
-        return frames, {"input": f"DICOM cine {p.name}: {count} of {len(img)} frames decoded before timing, one "
-                                 f"frame per call (cycled)", "frames": count,
-                        "input_shape": list(frames[0].pixels.shape)}
+        return frames, {
+            "input": f"DICOM cine {p.name}: {count} of {len(img)} frames decoded before timing, one "
+            f"frame per call (cycled)",
+            "frames": count,
+            "input_shape": list(frames[0].pixels.shape),
+        }
     # A single-frame DICOM goes to Session.run as a path, so decoding is part of every timed call.
     return str(p), {"input": f"DICOM file {p.name} (decoded on every call)", "input_bytes": p.stat().st_size}
 
 
 class SessionConfig:
-    """`engine.load(bundle, **load_kwargs)` then `Session.run(input)` per step; stages from Result.timings_ms."""
+    """`engine.load(bundle, **load_kwargs)`, then `Session.run(input)` per step (stages from timings_ms)."""
 
-    def __init__(self, name: str, bundle: Path, input: Any = None, *, inputs: Any = None,
-                 load_kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None, batch: int = 1):
+    def __init__(
+        self,
+        name: str,
+        bundle: Path,
+        input: Any = None,
+        *,
+        inputs: Any = None,
+        load_kwargs: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        batch: int = 1,
+    ):
         from engine.bench.runner import InputCycle
 
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -146,7 +170,11 @@ class SessionConfig:
             self.load_kwargs.setdefault("max_batch", batch)
         self.batch = batch
         self.items_per_call = batch
-        self.meta: dict[str, Any] = {"bundle": self.bundle.name, "load_kwargs": self.load_kwargs, **(meta or {})}
+        self.meta: dict[str, Any] = {
+            "bundle": self.bundle.name,
+            "load_kwargs": self.load_kwargs,
+            **(meta or {}),
+        }
         self.session: Any = None
         self.last_result: Any = None
 
@@ -156,8 +184,9 @@ class SessionConfig:
         self.session = engine.load(self.bundle, **self.load_kwargs)
         info = getattr(self.session, "info", None)
         if isinstance(info, dict):
-            self.meta["session_info"] = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool,
-                                                                                        type(None), list))}
+            self.meta["session_info"] = {
+                k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), list))
+            }
 
     def step(self) -> dict[str, int]:
         if self.batch == 1:

@@ -4,6 +4,7 @@ Outputs are checked *before* a benchmark starts (a 10-minute run must not end in
 exist"), and written as temp file in the same directory + link/rename, so a reader never sees half a
 file and a crash never leaves a truncated report behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool, what: str = 
     return p
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, force: bool,
-                 what: str = "output") -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, force: bool, what: str = "output"
+) -> Path:
     """Call `write(fh)` on a temp file next to `path`, fsync, then publish it as `path`.
 
     Without `force` the publish is `os.link`, which fails if `path` appeared meanwhile (no clobbering
@@ -39,7 +41,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     """
     p = check_output_path(path, force=force, what=what)
     try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp"
+        )
     except OSError as exc:
         raise InputError(f"cannot write {what} {p}: {exc.strerror}") from exc
     try:
@@ -54,12 +58,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             try:
                 os.link(tmp, p)
             except FileExistsError:
-                raise OutputExists(f"{what} {p} already exists; pass --force (force=True) to overwrite it") from None
+                raise OutputExists(
+                    f"{what} {p} already exists; pass --force (force=True) to overwrite it"
+                ) from None
             except OSError:
                 # File systems without hard links: re-check, then rename (small race accepted).
                 if p.exists():
-                    raise OutputExists(f"{what} {p} already exists; pass --force (force=True) to overwrite it") \
-                        from None
+                    raise OutputExists(
+                        f"{what} {p} already exists; pass --force (force=True) to overwrite it"
+                    ) from None
                 os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

@@ -2,6 +2,7 @@
 
 matplotlib is imported only by `write_plot` (optional extra `slicert[plot]`).
 """
+
 from __future__ import annotations
 
 import io
@@ -70,11 +71,15 @@ def _req(d: dict[str, Any], key: str, where: str) -> Any:
 def from_dict(d: dict[str, Any]) -> BenchmarkRun:
     """Rebuild a BenchmarkRun from a report dict; raises InputError on another schema or a broken file."""
     if _req(d, "schema", "report") != SCHEMA_NAME:
-        raise InputError(f"not a SliceRT benchmark report: schema is {d.get('schema')!r}, expected {SCHEMA_NAME!r}")
+        raise InputError(
+            f"not a SliceRT benchmark report: schema is {d.get('schema')!r}, expected {SCHEMA_NAME!r}"
+        )
     version = _req(d, "schema_version", "report")
     if version != SCHEMA_VERSION:
-        raise InputError(f"benchmark report schema_version {version!r} is not supported (this SliceRT reads "
-                         f"{SCHEMA_VERSION})")
+        raise InputError(
+            f"benchmark report schema_version {version!r} is not supported (this SliceRT reads "
+            f"{SCHEMA_VERSION})"
+        )
     configs = []
     for i, c in enumerate(_req(d, "configurations", "report")):
         where = f"configurations[{i}]"
@@ -85,21 +90,35 @@ def from_dict(d: dict[str, Any]) -> BenchmarkRun:
         n = samples[TOTAL].size
         if any(v.ndim != 1 or v.size != n for v in samples.values()):
             raise InputError(f"benchmark report: {where}.samples_ns series differ in length")
-        configs.append(ConfigResult(
-            name=_req(c, "name", where), meta=dict(c.get("meta") or {}),
-            items_per_call=int(_req(c, "items_per_call", where)), samples_ns=samples,
-            load_ms=float(_req(c, "load_ms", where)), first_inference_ms=float(_req(c, "first_inference_ms", where)),
-            cold_start_ms=float(_req(c, "cold_start_ms", where)), first_stages_ms=dict(c.get("first_stages_ms") or {}),
-            rss_before_load_mb=c.get("rss_before_load_mb"), rss_after_load_mb=c.get("rss_after_load_mb"),
-            peak_rss_mb=c.get("peak_rss_mb"), cold_start_process=c.get("cold_start_process")))
-    return BenchmarkRun(configurations=configs, settings=dict(_req(d, "settings", "report")),
-                        environment=dict(_req(d, "environment", "report")),
-                        started_utc=_req(d, "started_utc", "report"), finished_utc=_req(d, "finished_utc", "report"),
-                        command=list(d.get("command") or []))
+        configs.append(
+            ConfigResult(
+                name=_req(c, "name", where),
+                meta=dict(c.get("meta") or {}),
+                items_per_call=int(_req(c, "items_per_call", where)),
+                samples_ns=samples,
+                load_ms=float(_req(c, "load_ms", where)),
+                first_inference_ms=float(_req(c, "first_inference_ms", where)),
+                cold_start_ms=float(_req(c, "cold_start_ms", where)),
+                first_stages_ms=dict(c.get("first_stages_ms") or {}),
+                rss_before_load_mb=c.get("rss_before_load_mb"),
+                rss_after_load_mb=c.get("rss_after_load_mb"),
+                peak_rss_mb=c.get("peak_rss_mb"),
+                cold_start_process=c.get("cold_start_process"),
+            )
+        )
+    return BenchmarkRun(
+        configurations=configs,
+        settings=dict(_req(d, "settings", "report")),
+        environment=dict(_req(d, "environment", "report")),
+        started_utc=_req(d, "started_utc", "report"),
+        finished_utc=_req(d, "finished_utc", "report"),
+        command=list(d.get("command") or []),
+    )
 
 
-def write_json(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False,
-               reference: str | None = None) -> Path:
+def write_json(
+    run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False, reference: str | None = None
+) -> Path:
     text = json.dumps(to_dict(run, reference=reference), indent=1, allow_nan=False) + "\n"
     return atomic_write_text(path, text, force=force, what="JSON report")
 
@@ -140,7 +159,7 @@ _COLS = ("p50", "p90", "p99", "p99_9", "max", "mean", "std")
 
 
 def render_table(run: BenchmarkRun, *, reference: str | None = None, console: Any = None) -> None:
-    """Print one per-stage latency table per configuration, the per-configuration summary and the comparisons."""
+    """Print a per-stage latency table per configuration, a summary table and the comparisons."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -152,8 +171,12 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     n, warmup, schedule = run.settings.get("n"), run.settings.get("warmup"), run.settings.get("schedule")
     for c in run.configurations:
         stats = c.stats()
-        lat = Table(title=f"{c.name}: latency per call (ms), n={n}, warm-up {warmup} excluded, {schedule}",
-                    box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        lat = Table(
+            title=f"{c.name}: latency per call (ms), n={n}, warm-up {warmup} excluded, {schedule}",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+            pad_edge=False,
+        )
         lat.add_column("stage", no_wrap=True)
         for col in _COLS:
             lat.add_column(col.replace("_", "."), justify="right", no_wrap=True)
@@ -161,36 +184,60 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
         for s in _series_order(c, stats):
             st = stats[s]
             jit = st["jitter_p99_p50"]
-            lat.add_row(s, *(fmt_ms(st[k]) for k in _COLS), f"{jit:.2f}" if jit is not None else "-",
-                        style="bold" if s == TOTAL else None)
+            lat.add_row(
+                s,
+                *(fmt_ms(st[k]) for k in _COLS),
+                f"{jit:.2f}" if jit is not None else "-",
+                style="bold" if s == TOTAL else None,
+            )
         idle = _idle_stages(c)
         if idle:
             lat.caption = f"0 on every call (not shown): {', '.join(idle)}"
             lat.caption_justify = "left"
         console.print(lat)
     summary = Table(title="Per configuration", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("configuration", "items/s", "cold start ms", "load ms", "1st call ms", "new process ms", "RSS MiB",
-                "peak MiB"):
+    for col in (
+        "configuration",
+        "items/s",
+        "cold start ms",
+        "load ms",
+        "1st call ms",
+        "new process ms",
+        "RSS MiB",
+        "peak MiB",
+    ):
         summary.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
-        summary.add_row(c.name, f"{tp:.1f}" if tp else "-", fmt_ms(c.cold_start_ms), fmt_ms(c.load_ms),
-                        fmt_ms(c.first_inference_ms), _process_cold_txt(c),
-                        f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-",
-                        f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-")
+        summary.add_row(
+            c.name,
+            f"{tp:.1f}" if tp else "-",
+            fmt_ms(c.cold_start_ms),
+            fmt_ms(c.load_ms),
+            fmt_ms(c.first_inference_ms),
+            _process_cold_txt(c),
+            f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-",
+            f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-",
+        )
     console.print(summary)
     comps = run.comparisons(reference)
     if comps:
-        cmp_t = Table(title="Speed-up vs reference (total latency; > 1 = faster)", box=box.SIMPLE_HEAD,
-                      title_justify="left", pad_edge=False)
+        cmp_t = Table(
+            title="Speed-up vs reference (total latency; > 1 = faster)",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+            pad_edge=False,
+        )
         for col in ("configuration", "reference", "p50 ratio", "paired median [95% CI]"):
             cmp_t.add_column(col, justify="left" if col in ("configuration", "reference") else "right")
         for e in comps:
             cmp_t.add_row(e["name"], e["reference"], f"{e['speedup_p50']:.2f}x", _paired_txt(e))
         console.print(cmp_t)
-    console.print(f"[dim]{run.settings.get('gc')}; CPU affinity {run.settings.get('cpu_affinity') or 'not pinned'}; "
-                  f"load average {run.environment.get('loadavg_before')} -> "
-                  f"{run.environment.get('loadavg_after')}[/dim]")
+    console.print(
+        f"[dim]{run.settings.get('gc')}; CPU affinity {run.settings.get('cpu_affinity') or 'not pinned'}; "
+        f"load average {run.environment.get('loadavg_before')} -> "
+        f"{run.environment.get('loadavg_after')}[/dim]"
+    )
 
 
 def _process_cold_txt(c: ConfigResult) -> str:
@@ -212,58 +259,88 @@ def _paired_txt(e: dict[str, Any]) -> str:
 def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str = "SliceRT benchmark") -> str:
     env = run.environment
     s = run.settings
-    lines = [f"# {title}", "",
-             f"- Machine: {env.get('cpu_model')} ({env.get('cpus_usable')} usable of {env.get('cpu_count')} cores; "
-             f"flags {' '.join(env.get('cpu_flags') or []) or '-'}), {env.get('platform')}",
-             f"- Software: SliceRT {env.get('slicert')}, Python {env.get('python')}, "
-             + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
-             f"- GPUs: {', '.join(g.get('name', '?') for g in env.get('gpus') or []) or 'none'}",
-             f"- Run: {run.started_utc} to {run.finished_utc}; n={s.get('n')} timed rounds per configuration after "
-             f"{s.get('warmup')} warm-up rounds, schedule {s.get('schedule')} (interleaved)",
-             f"- Timing: {s.get('clock')}; {s.get('gc')}; CPU affinity "
-             f"{s.get('cpu_affinity') or 'not pinned'}; threads {s.get('threads', 'default')}",
-             f"- Load average before/after: {env.get('loadavg_before')} / {env.get('loadavg_after')}",
-             ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"- Machine: {env.get('cpu_model')} ({env.get('cpus_usable')} usable of "
+        f"{env.get('cpu_count')} cores; "
+        f"flags {' '.join(env.get('cpu_flags') or []) or '-'}), {env.get('platform')}",
+        f"- Software: SliceRT {env.get('slicert')}, Python {env.get('python')}, "
+        + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
+        f"- GPUs: {', '.join(g.get('name', '?') for g in env.get('gpus') or []) or 'none'}",
+        f"- Run: {run.started_utc} to {run.finished_utc}; n={s.get('n')} timed rounds per "
+        f"configuration after "
+        f"{s.get('warmup')} warm-up rounds, schedule {s.get('schedule')} (interleaved)",
+        f"- Timing: {s.get('clock')}; {s.get('gc')}; CPU affinity "
+        f"{s.get('cpu_affinity') or 'not pinned'}; threads {s.get('threads', 'default')}",
+        f"- Load average before/after: {env.get('loadavg_before')} / {env.get('loadavg_after')}",
+        "",
+    ]
     if run.command:
         lines += ["Command:", "", "```", " ".join(run.command), "```", ""]
-    lines += ["## Latency per stage (ms)", "",
-              "| configuration | stage | " + " | ".join(c.replace("_", ".") for c in _COLS) + " | p99/p50 |",
-              "|---|---|" + "---:|" * (len(_COLS) + 1)]
+    lines += [
+        "## Latency per stage (ms)",
+        "",
+        "| configuration | stage | " + " | ".join(c.replace("_", ".") for c in _COLS) + " | p99/p50 |",
+        "|---|---|" + "---:|" * (len(_COLS) + 1),
+    ]
     for c in run.configurations:
         stats = c.stats()
         for s_name in _series_order(c, stats):
             st = stats[s_name]
             jit = st["jitter_p99_p50"]
             jit_txt = f"{jit:.2f}" if jit is not None else "-"
-            lines.append(f"| {c.name} | {s_name} | " + " | ".join(fmt_ms(st[k]) for k in _COLS) + f" | {jit_txt} |")
+            lines.append(
+                f"| {c.name} | {s_name} | " + " | ".join(fmt_ms(st[k]) for k in _COLS) + f" | {jit_txt} |"
+            )
     idle = {c.name: _idle_stages(c) for c in run.configurations if _idle_stages(c)}
     if idle:
-        lines += ["", "Stages that were 0 on every call (not shown): "
-                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in idle.items()) + "."]
-    lines += ["", "## Per configuration", "",
-              "| configuration | throughput/s | cold start ms | load ms | first inference ms | new process: import + "
-              "load + first result ms (spawn to exit) | RSS after load MiB | peak RSS MiB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Stages that were 0 on every call (not shown): "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in idle.items())
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Per configuration",
+        "",
+        "| configuration | throughput/s | cold start ms | load ms | first inference ms | new "
+        "process: import + "
+        "load + first result ms (spawn to exit) | RSS after load MiB | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
         rss = f"{c.rss_after_load_mb:.0f}" if c.rss_after_load_mb is not None else "-"
         peak = f"{c.peak_rss_mb:.0f}" if c.peak_rss_mb is not None else "-"
-        lines.append(f"| {c.name} | {tp:.1f} | {fmt_ms(c.cold_start_ms)} | {fmt_ms(c.load_ms)} | "
-                     f"{fmt_ms(c.first_inference_ms)} | {_process_cold_txt(c)} | {rss} | {peak} |")
+        lines.append(
+            f"| {c.name} | {tp:.1f} | {fmt_ms(c.cold_start_ms)} | {fmt_ms(c.load_ms)} | "
+            f"{fmt_ms(c.first_inference_ms)} | {_process_cold_txt(c)} | {rss} | {peak} |"
+        )
     comps = run.comparisons(reference)
     if comps:
-        lines += ["", "## Speed-up vs reference (total latency)", "",
-                  "| configuration | reference | p50 ratio | paired per-round median [95% CI] |",
-                  "|---|---|---:|---:|"]
+        lines += [
+            "",
+            "## Speed-up vs reference (total latency)",
+            "",
+            "| configuration | reference | p50 ratio | paired per-round median [95% CI] |",
+            "|---|---|---:|---:|",
+        ]
         for e in comps:
             lines.append(f"| {e['name']} | {e['reference']} | {e['speedup_p50']:.2f}x | {_paired_txt(e)} |")
-    lines += ["", f"Cold start: {s.get('cold_start')}. Peak RSS is the process high-water mark "
-                  "(shared by all configurations of the run).", ""]
+    lines += [
+        "",
+        f"Cold start: {s.get('cold_start')}. Peak RSS is the process high-water mark "
+        "(shared by all configurations of the run).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_markdown(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False,
-                   reference: str | None = None) -> Path:
+def write_markdown(
+    run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False, reference: str | None = None
+) -> Path:
     return atomic_write_text(path, to_markdown(run, reference=reference), force=force, what="Markdown report")
 
 
@@ -273,11 +350,13 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise PlotUnavailable("--plot needs matplotlib, which is not installed: pip install slicert[plot]") from exc
+        raise PlotUnavailable(
+            "--plot needs matplotlib, which is not installed: pip install slicert[plot]"
+        ) from exc
 
 
 def write_plot(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """PNG: empirical CDF of total latency per configuration (left) and mean time per stage, stacked (right)."""
+    """PNG: empirical CDF of total latency per configuration (left), mean time per stage stacked (right)."""
     require_matplotlib()
     check_output_path(path, force=force, what="plot")
     # Figure + Agg canvas directly: no pyplot global state, no GUI backend selection on a headless box.
@@ -317,14 +396,23 @@ def write_plot(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool =
     labelled = False
     for c in run.configurations:
         if not c.stages:
-            ax_bar.barh([c.name], [float(c.series_ms()[TOTAL].mean())], color="0.6",
-                        label=None if labelled else "total (no stages)")
+            ax_bar.barh(
+                [c.name],
+                [float(c.series_ms()[TOTAL].mean())],
+                color="0.6",
+                label=None if labelled else "total (no stages)",
+            )
             labelled = True
     ax_bar.invert_yaxis()
     ax_bar.set_xlabel("mean time per call (ms); means add up to the mean total")
     ax_bar.set_title("Where the time goes (mean per stage)")
-    ax_bar.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(stage_names) + 1, 7),
-                  frameon=False)
+    ax_bar.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=min(len(stage_names) + 1, 7),
+        frameon=False,
+    )
     ax_bar.grid(True, axis="x", alpha=0.3)
 
     def _save(fh: Any) -> None:
@@ -335,5 +423,18 @@ def write_plot(run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool =
     return atomic_write(path, _save, force=force, what="plot")
 
 
-__all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "PlotUnavailable", "to_dict", "from_dict", "write_json", "read_json",
-           "render_table", "to_markdown", "write_markdown", "write_plot", "require_matplotlib", "STAT_KEYS"]
+__all__ = [
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "PlotUnavailable",
+    "to_dict",
+    "from_dict",
+    "write_json",
+    "read_json",
+    "render_table",
+    "to_markdown",
+    "write_markdown",
+    "write_plot",
+    "require_matplotlib",
+    "STAT_KEYS",
+]

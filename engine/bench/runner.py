@@ -12,6 +12,7 @@ the per-round ratio (see stats.paired_ratio) cancels most of it.
 Cold start = `load()` start to first `step()` end, measured once per configuration in this process
 (imports already done by an earlier configuration are not paid again: reports say so).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -81,9 +82,17 @@ class Pipeline:
     stage's output to the next; each stage is timed with perf_counter_ns.
     """
 
-    def __init__(self, name: str, build: Callable[[], Sequence[tuple[str, Callable[[Any], Any]]]], *,
-                 input: Any = None, inputs: Sequence[Any] | None = None, items_per_call: int = 1,
-                 meta: Mapping[str, Any] | None = None, close: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], Sequence[tuple[str, Callable[[Any], Any]]]],
+        *,
+        input: Any = None,
+        inputs: Sequence[Any] | None = None,
+        items_per_call: int = 1,
+        meta: Mapping[str, Any] | None = None,
+        close: Callable[[], None] | None = None,
+    ):
         self.name = name
         self.meta = dict(meta or {})
         self.items_per_call = items_per_call
@@ -98,8 +107,10 @@ class Pipeline:
         stages = list(self._build())
         names = [s for s, _ in stages]
         if not stages or len(set(names)) != len(names) or TOTAL in names or OTHER in names:
-            raise InputError(f"configuration {self.name!r}: stages must be non-empty with unique names other "
-                             f"than {TOTAL!r}/{OTHER!r}, got {names}")
+            raise InputError(
+                f"configuration {self.name!r}: stages must be non-empty with unique names other "
+                f"than {TOTAL!r}/{OTHER!r}, got {names}"
+            )
         self._stages = stages
 
     def step(self) -> dict[str, int]:
@@ -160,8 +171,10 @@ class ConfigResult:
         return out
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        return {k: summarize(v, items_per_sample=self.items_per_call, name=f"{self.name}.{k}")
-                for k, v in self.series_ms().items()}
+        return {
+            k: summarize(v, items_per_sample=self.items_per_call, name=f"{self.name}.{k}")
+            for k, v in self.series_ms().items()
+        }
 
 
 @dataclass
@@ -191,8 +204,11 @@ class BenchmarkRun:
             if c is ref:
                 continue
             c_ms = c.series_ms()[TOTAL]
-            entry: dict[str, Any] = {"name": c.name, "reference": ref.name,
-                                     "speedup_p50": ref_p50 / float(np.median(c_ms))}
+            entry: dict[str, Any] = {
+                "name": c.name,
+                "reference": ref.name,
+                "speedup_p50": ref_p50 / float(np.median(c_ms)),
+            }
             if self.settings.get("schedule") in SCHEDULES and c_ms.size == ref_ms.size:
                 entry["paired_speedup"] = paired_ratio(ref_ms, c_ms)
             out.append(entry)
@@ -227,13 +243,16 @@ def _utc_now() -> str:
 
 def _check_stages(name: str, stages: Any) -> dict[str, int]:
     if not isinstance(stages, Mapping):
-        raise InputError(f"configuration {name!r}: step() must return a mapping stage -> ns, "
-                         f"got {type(stages).__name__}")
+        raise InputError(
+            f"configuration {name!r}: step() must return a mapping stage -> ns, got {type(stages).__name__}"
+        )
     for k, v in stages.items():
         if k in (TOTAL, OTHER):
             raise InputError(f"configuration {name!r}: stage name {k!r} is reserved (the runner measures it)")
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise InputError(f"configuration {name!r}: stage {k!r} duration must be integer ns >= 0, got {v!r}")
+            raise InputError(
+                f"configuration {name!r}: stage {k!r} duration must be integer ns >= 0, got {v!r}"
+            )
     return dict(stages)
 
 
@@ -242,11 +261,18 @@ def _ordered(keys: Iterable[str]) -> list[str]:
     return [s for s in STAGE_ORDER if s in keys] + [s for s in keys if s not in STAGE_ORDER]
 
 
-def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: int = 50,
-                  policy: TimingPolicy = TimingPolicy(), schedule: str = "round_robin", seed: int = 0,
-                  extra_settings: Mapping[str, Any] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None,
-                  environment: Mapping[str, Any] | None = None) -> BenchmarkRun:
+def run_benchmark(
+    configs: Sequence[Configuration],
+    *,
+    n: int = 1000,
+    warmup: int = 50,
+    policy: TimingPolicy = TimingPolicy(),
+    schedule: str = "round_robin",
+    seed: int = 0,
+    extra_settings: Mapping[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    environment: Mapping[str, Any] | None = None,
+) -> BenchmarkRun:
     """Load each configuration (timing cold start), warm all up interleaved, then time `n` interleaved rounds.
 
     Round i runs every configuration once, in order (A B A B ...; `schedule="shuffled"` draws a
@@ -259,8 +285,14 @@ def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: in
         raise InputError("nothing to benchmark: give at least one configuration")
     for c in configs:
         if not isinstance(c, Configuration):
-            raise InputError(f"{c!r} is not a Configuration (needs name, meta, items_per_call, load, step, close)")
-        if isinstance(c.items_per_call, bool) or not isinstance(c.items_per_call, int) or c.items_per_call < 1:
+            raise InputError(
+                f"{c!r} is not a Configuration (needs name, meta, items_per_call, load, step, close)"
+            )
+        if (
+            isinstance(c.items_per_call, bool)
+            or not isinstance(c.items_per_call, int)
+            or c.items_per_call < 1
+        ):
             raise InputError(f"configuration {c.name!r}: items_per_call must be an integer >= 1")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -290,10 +322,14 @@ def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: in
             t1 = clock()
             first = _check_stages(c.name, c.step())
             t2 = clock()
-            cold[c.name] = {"load_ms": (t1 - t0) / 1e6, "first_inference_ms": (t2 - t1) / 1e6,
-                            "cold_start_ms": (t2 - t0) / 1e6, "first_stages_ms": {s: first[s] / 1e6 for s in
-                                                                                 _ordered(first)},
-                            "rss_before_load_mb": rss0, "rss_after_load_mb": _rss_mb()}
+            cold[c.name] = {
+                "load_ms": (t1 - t0) / 1e6,
+                "first_inference_ms": (t2 - t1) / 1e6,
+                "cold_start_ms": (t2 - t0) / 1e6,
+                "first_stages_ms": {s: first[s] / 1e6 for s in _ordered(first)},
+                "rss_before_load_mb": rss0,
+                "rss_after_load_mb": _rss_mb(),
+            }
         for w in range(warmup):
             if progress and w % 10 == 0:
                 progress("warmup", w, warmup)
@@ -323,8 +359,9 @@ def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: in
                         for s in keys:
                             buf[s] = np.empty(n, dtype=np.int64)
                     elif st.keys() != stage_sets[j]:
-                        raise InputError(f"configuration {c.name!r}: stages changed between calls: "
-                                         f"{keys} then {list(st)}")
+                        raise InputError(
+                            f"configuration {c.name!r}: stages changed between calls: {keys} then {list(st)}"
+                        )
                     for s in keys:
                         buf[s][r] = st[s]
                 if progress and r % 50 == 0:
@@ -342,12 +379,32 @@ def run_benchmark(configs: Sequence[Configuration], *, n: int = 1000, warmup: in
         progress("timed", n, n)
     env["loadavg_after"] = _loadavg()
     peak = peak_rss_mb()
-    results = [ConfigResult(name=c.name, meta=dict(c.meta), items_per_call=c.items_per_call,
-                            samples_ns=samples[c.name], peak_rss_mb=peak, **cold[c.name]) for c in configs]
-    settings = {"n": int(n), "warmup": int(warmup), "schedule": schedule,
-                "schedule_seed": seed if schedule == "shuffled" else None,
-                "cold_start": "in-process: load() start to first step() end; imports done by an earlier "
-                              "configuration are not paid again",
-                **policy.describe(), **dict(extra_settings or {})}
-    return BenchmarkRun(configurations=results, settings=settings, environment=env, started_utc=started,
-                        finished_utc=_utc_now(), command=list(sys.argv))
+    results = [
+        ConfigResult(
+            name=c.name,
+            meta=dict(c.meta),
+            items_per_call=c.items_per_call,
+            samples_ns=samples[c.name],
+            peak_rss_mb=peak,
+            **cold[c.name],
+        )
+        for c in configs
+    ]
+    settings = {
+        "n": int(n),
+        "warmup": int(warmup),
+        "schedule": schedule,
+        "schedule_seed": seed if schedule == "shuffled" else None,
+        "cold_start": "in-process: load() start to first step() end; imports done by an earlier "
+        "configuration are not paid again",
+        **policy.describe(),
+        **dict(extra_settings or {}),
+    }
+    return BenchmarkRun(
+        configurations=results,
+        settings=settings,
+        environment=env,
+        started_utc=started,
+        finished_utc=_utc_now(),
+        command=list(sys.argv),
+    )

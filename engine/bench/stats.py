@@ -6,6 +6,7 @@ Percentiles use linear interpolation between order statistics (Hyndman & Fan typ
 Tail percentiles need enough samples to mean anything: p99.9 is interpolated from the top two order
 statistics below ~1000 samples, which is why reports keep `n` next to every number.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,19 @@ from engine.errors import InputError
 
 # (key in reports, percentile in [0, 100]).
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
-STAT_KEYS: tuple[str, ...] = ("n", "min", "p50", "p90", "p99", "p99_9", "max", "mean", "std", "jitter_p99_p50",
-                              "throughput_per_s")
+STAT_KEYS: tuple[str, ...] = (
+    "n",
+    "min",
+    "p50",
+    "p90",
+    "p99",
+    "p99_9",
+    "max",
+    "mean",
+    "std",
+    "jitter_p99_p50",
+    "throughput_per_s",
+)
 
 
 def _as_samples(samples: Any, name: str) -> np.ndarray:
@@ -45,8 +57,9 @@ def percentile_sorted(sorted_samples: np.ndarray, q: float) -> float:
     return float(sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * frac)
 
 
-def summarize(samples_ms: Sequence[float] | np.ndarray, *, items_per_sample: int = 1,
-              name: str = "samples") -> dict[str, float | int | None]:
+def summarize(
+    samples_ms: Sequence[float] | np.ndarray, *, items_per_sample: int = 1, name: str = "samples"
+) -> dict[str, float | int | None]:
     """Summary of latency samples in milliseconds.
 
     Returns n, min, p50, p90, p99, p99_9, max, mean, std (all ms), jitter_p99_p50 (p99 / p50, None when
@@ -70,8 +83,9 @@ def summarize(samples_ms: Sequence[float] | np.ndarray, *, items_per_sample: int
     return out
 
 
-def paired_ratio(reference_ms: np.ndarray, candidate_ms: np.ndarray, *, n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, float | list[float] | int]:
+def paired_ratio(
+    reference_ms: np.ndarray, candidate_ms: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float | list[float] | int]:
     """Per-round speed-up reference/candidate for interleaved samples (round i of both ran back to back).
 
     Pairing cancels slow drifts of a shared machine (another process hogging a core for a few seconds
@@ -90,12 +104,18 @@ def paired_ratio(reference_ms: np.ndarray, candidate_ms: np.ndarray, *, n_boot: 
     idx = rng.integers(0, ratios.size, size=(n_boot, ratios.size))
     boot = np.median(ratios[idx], axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"median": median, "ci95": [float(lo), float(hi)], "n": int(ratios.size), "n_boot": n_boot,
-            "seed": seed}
+    return {
+        "median": median,
+        "ci95": [float(lo), float(hi)],
+        "n": int(ratios.size),
+        "n_boot": n_boot,
+        "seed": seed,
+    }
 
 
-def paired_difference(a_ms: np.ndarray, b_ms: np.ndarray, *, n_boot: int = 2000,
-                      seed: int = 0) -> dict[str, float | list[float] | int]:
+def paired_difference(
+    a_ms: np.ndarray, b_ms: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float | list[float] | int]:
     """Per-round difference a - b (ms) of interleaved samples: median and percentile-bootstrap 95 % CI.
 
     Used for overheads (e.g. Session.run minus the bare backend calls it wraps), where a ratio would
@@ -109,5 +129,10 @@ def paired_difference(a_ms: np.ndarray, b_ms: np.ndarray, *, n_boot: int = 2000,
     rng = np.random.default_rng(seed)
     boot = np.median(d[rng.integers(0, d.size, size=(n_boot, d.size))], axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"median": float(np.median(d)), "ci95": [float(lo), float(hi)], "n": int(d.size), "n_boot": n_boot,
-            "seed": seed}
+    return {
+        "median": float(np.median(d)),
+        "ci95": [float(lo), float(hi)],
+        "n": int(d.size),
+        "n_boot": n_boot,
+        "seed": seed,
+    }

@@ -7,6 +7,7 @@ latency spike of the code under test. Reports state this; pass `disable_gc=False
 collector on, which is what a long-running device process sees unless it manages GC itself.
 CPU pinning: optional `os.sched_setaffinity` for the timed loop (Linux), restored afterwards.
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,7 +41,9 @@ class TimingPolicy:
         if self.cpus is not None:
             cpus = tuple(self.cpus)
             if not cpus:
-                raise InputError("TimingPolicy.cpus: give at least one CPU id, or None to leave affinity alone")
+                raise InputError(
+                    "TimingPolicy.cpus: give at least one CPU id, or None to leave affinity alone"
+                )
             if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in cpus):
                 raise InputError(f"TimingPolicy.cpus: CPU ids must be integers >= 0, got {cpus!r}")
             object.__setattr__(self, "cpus", tuple(sorted({int(c) for c in cpus})))
@@ -49,8 +52,11 @@ class TimingPolicy:
         return {
             "clock": CLOCK,
             "clock_resolution_ns": clock_resolution_ns(),
-            "gc": ("gc.collect() before the timed loop, collector disabled during it" if self.disable_gc
-                   else "collector enabled during the timed loop"),
+            "gc": (
+                "gc.collect() before the timed loop, collector disabled during it"
+                if self.disable_gc
+                else "collector enabled during the timed loop"
+            ),
             "gc_disabled": self.disable_gc,
             "cpu_affinity": list(self.cpus) if self.cpus is not None else None,
         }
@@ -83,7 +89,9 @@ def _pinned(cpus: Sequence[int] | None) -> Iterator[None]:
         yield
         return
     if not hasattr(os, "sched_setaffinity"):
-        raise InputError("CPU pinning needs os.sched_setaffinity (Linux); run without pinning on this platform")
+        raise InputError(
+            "CPU pinning needs os.sched_setaffinity (Linux); run without pinning on this platform"
+        )
     allowed = os.sched_getaffinity(0)
     missing = sorted(set(cpus) - allowed)
     if missing:
@@ -110,8 +118,9 @@ def timed_region(policy: TimingPolicy) -> Iterator[None]:
                 gc.enable()
 
 
-def time_callable(fn: Callable[[], Any], *, n: int, warmup: int = 0,
-                  policy: TimingPolicy = TimingPolicy()) -> np.ndarray:
+def time_callable(
+    fn: Callable[[], Any], *, n: int, warmup: int = 0, policy: TimingPolicy = TimingPolicy()
+) -> np.ndarray:
     """Call `fn` `warmup` times untimed, then `n` times timed; returns the n durations in ns (int64)."""
     check_counts(n, warmup)
     for _ in range(warmup):

@@ -1,4 +1,5 @@
 """`slicert bench`: per-stage latency of one or more bundles, interleaved, with reports users can trust."""
+
 from __future__ import annotations
 
 import sys
@@ -12,16 +13,35 @@ def _busy_warning(env: dict[str, Any]) -> str | None:
     loads = [x[0] for x in (env.get("loadavg_before"), env.get("loadavg_after")) if x]
     cpus = env.get("cpus_usable") or 1
     if loads and max(loads) > 0.5 * cpus:
-        return (f"the machine is busy (1-min load average up to {max(loads):.2f} on {cpus} usable cores): "
-                f"latencies and tails will be noisy; ratios of interleaved configurations stay meaningful")
+        return (
+            f"the machine is busy (1-min load average up to {max(loads):.2f} on {cpus} usable cores): "
+            f"latencies and tails will be noisy; ratios of interleaved configurations stay meaningful"
+        )
     return None
 
 
-def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, warmup: int = 50, batch: int = 1,
-              threads: int | None = None, backend: str | None = None, json_out: Path | None = None,
-              md_out: Path | None = None, plot_out: Path | None = None, compare: bool = False,
-              reference: str | None = None, pin: str | None = None, keep_gc: bool = False, shuffle: bool = False,
-              force: bool = False, cold_start_repeats: int = 3, quiet: bool = False, console: Any = None) -> Any:
+def run_bench(
+    bundles: list[str],
+    *,
+    input: str = "synthetic",
+    n: int = 1000,
+    warmup: int = 50,
+    batch: int = 1,
+    threads: int | None = None,
+    backend: str | None = None,
+    json_out: Path | None = None,
+    md_out: Path | None = None,
+    plot_out: Path | None = None,
+    compare: bool = False,
+    reference: str | None = None,
+    pin: str | None = None,
+    keep_gc: bool = False,
+    shuffle: bool = False,
+    force: bool = False,
+    cold_start_repeats: int = 3,
+    quiet: bool = False,
+    console: Any = None,
+) -> Any:
     """The body of `slicert bench` (callable from Python); returns the BenchmarkRun."""
     from rich.console import Console
 
@@ -39,14 +59,22 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
     if not bundles:
         raise InputError("give at least one bundle")
     if len(bundles) > 1 and not compare:
-        raise InputError(f"{len(bundles)} bundles given: pass --compare to benchmark them interleaved in one process")
+        raise InputError(
+            f"{len(bundles)} bundles given: pass --compare to benchmark them interleaved in one process"
+        )
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"--batch must be an integer >= 1, got {batch!r}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
-    if isinstance(cold_start_repeats, bool) or not isinstance(cold_start_repeats, int) or cold_start_repeats < 0:
+    if (
+        isinstance(cold_start_repeats, bool)
+        or not isinstance(cold_start_repeats, int)
+        or cold_start_repeats < 0
+    ):
         raise InputError(f"--cold-start-repeats must be an integer >= 0, got {cold_start_repeats!r}")
-    outputs = [(p, w) for p, w in ((json_out, "JSON report"), (md_out, "Markdown report"), (plot_out, "plot")) if p]
+    outputs = [
+        (p, w) for p, w in ((json_out, "JSON report"), (md_out, "Markdown report"), (plot_out, "plot")) if p
+    ]
     if len({Path(p).resolve() for p, _ in outputs}) != len(outputs):
         raise InputError("--json, --md and --plot must name different files")
     for p, what in outputs:
@@ -62,21 +90,27 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
         path, kwargs, name = cfgmod.parse_config_spec(text)
         cfgmod.check_bundle_path(path)
         if name is None:  # label from the per-configuration options only (global ones apply to all)
-            name = path.stem + ("" if not kwargs else "[" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "]")
+            name = path.stem + (
+                "" if not kwargs else "[" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + "]"
+            )
         if backend is not None:
             kwargs.setdefault("backend", backend)
         if threads is not None:
             kwargs.setdefault("threads", threads)
         cfgmod.check_load_kwargs(text, kwargs)
         in_channels = _bundle_in_channels(path)
-        if in_channels not in decoded:  # one decoded input (or cine) shared by configurations that can share it
+        if (
+            in_channels not in decoded
+        ):  # one decoded input (or cine) shared by configurations that can share it
             decoded[in_channels] = cfgmod.parse_input(input, in_channels=in_channels)
         x, in_meta = decoded[in_channels]
         if name in names:
             raise InputError(f"two configurations are both named {name!r}: add name=LABEL to one of them")
         names.add(name)
         feed = {"inputs": x} if isinstance(x, list) else {"input": x}
-        configs.append(cfgmod.SessionConfig(name, path, load_kwargs=kwargs, meta=in_meta, batch=batch, **feed))
+        configs.append(
+            cfgmod.SessionConfig(name, path, load_kwargs=kwargs, meta=in_meta, batch=batch, **feed)
+        )
     if reference is not None and reference not in names:
         raise InputError(f"--reference {reference!r} is not one of the configurations {sorted(names)}")
 
@@ -96,11 +130,17 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done)
             bar.refresh()
+
     try:
-        run = run_benchmark(configs, n=n, warmup=warmup, policy=policy,
-                            schedule="shuffled" if shuffle else "round_robin",
-                            extra_settings={"threads": threads, "batch": batch, "backend": backend or "auto",
-                                            "input": input}, progress=progress)
+        run = run_benchmark(
+            configs,
+            n=n,
+            warmup=warmup,
+            policy=policy,
+            schedule="shuffled" if shuffle else "round_robin",
+            extra_settings={"threads": threads, "batch": batch, "backend": backend or "auto", "input": input},
+            progress=progress,
+        )
     finally:
         if progress is not None and bar.live.is_started:
             bar.stop()
@@ -111,7 +151,8 @@ def run_bench(bundles: list[str], *, input: str = "synthetic", n: int = 1000, wa
 
         for c in configs:
             run.result(c.name).cold_start_process = measure_process_cold_start(
-                c.bundle, input, c.load_kwargs, repeats=cold_start_repeats)
+                c.bundle, input, c.load_kwargs, repeats=cold_start_repeats
+            )
     if not quiet:
         report.render_table(run, reference=reference, console=console)
         warn = _busy_warning(run.environment)
@@ -141,36 +182,68 @@ def _bundle_in_channels(path: Path) -> int:
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        bundles: list[str] = typer.Argument(..., metavar="BUNDLE...",
-                                            help="Bundle file(s); PATH[:key=value,...] passes engine.load options, "
-                                                 "e.g. zoo.slicert:backend=onnxruntime,threads=1,name=ort-1t"),
-        input: str = typer.Option("synthetic", "--input",
-                                  help="DICOM file (decoded on every call), raw .npy array, or synthetic[:HxW]"),
+        bundles: list[str] = typer.Argument(
+            ...,
+            metavar="BUNDLE...",
+            help="Bundle file(s); PATH[:key=value,...] passes engine.load options, "
+            "e.g. zoo.slicert:backend=onnxruntime,threads=1,name=ort-1t",
+        ),
+        input: str = typer.Option(
+            "synthetic",
+            "--input",
+            help="DICOM file (decoded on every call), raw .npy array, or synthetic[:HxW]",
+        ),
         n: int = typer.Option(1000, "--n", help="Timed calls per configuration."),
         warmup: int = typer.Option(50, "--warmup", help="Untimed calls per configuration before timing."),
         batch: int = typer.Option(1, "--batch", help="Inputs per call."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all usable cores)."),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", help="CPU threads (default: all usable cores)."
+        ),
         backend: Optional[str] = typer.Option(None, "--backend", help="auto | onnxruntime | tensorrt"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (raw samples kept)."),
+        json_out: Optional[Path] = typer.Option(
+            None, "--json", help="Write the JSON report (raw samples kept)."
+        ),
         md_out: Optional[Path] = typer.Option(None, "--md", help="Write a Markdown report."),
-        plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG (latency CDF + stage bars)."),
-        compare: bool = typer.Option(False, "--compare",
-                                     help="Benchmark several bundles/options interleaved (A B A B ...)."),
-        reference: Optional[str] = typer.Option(None, "--reference", help="Configuration the ratios are against."),
+        plot_out: Optional[Path] = typer.Option(
+            None, "--plot", help="Write a PNG (latency CDF + stage bars)."
+        ),
+        compare: bool = typer.Option(
+            False, "--compare", help="Benchmark several bundles/options interleaved (A B A B ...)."
+        ),
+        reference: Optional[str] = typer.Option(
+            None, "--reference", help="Configuration the ratios are against."
+        ),
         pin: Optional[str] = typer.Option(None, "--pin", help="Pin the timed loop to CPUs, e.g. 0 or 0-1."),
         keep_gc: bool = typer.Option(False, "--keep-gc", help="Leave the garbage collector on while timing."),
         shuffle: bool = typer.Option(False, "--shuffle", help="Random (seeded) order within each round."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing report files."),
-        cold_start_repeats: int = typer.Option(3, "--cold-start-repeats",
-                                               help="Fresh processes timed from launch to first result (0 = skip)."),
+        cold_start_repeats: int = typer.Option(
+            3, "--cold-start-repeats", help="Fresh processes timed from launch to first result (0 = skip)."
+        ),
     ) -> None:
-        """Latency per stage (p50/p90/p99/p99.9/max), jitter, throughput, cold start, memory; interleaved compare."""
+        """Latency per stage (p50/p90/p99/p99.9/max), jitter, throughput, cold start, memory; --compare."""
         from engine.errors import SliceRTError
 
         try:
-            run_bench(bundles, input=input, n=n, warmup=warmup, batch=batch, threads=threads, backend=backend,
-                      json_out=json_out, md_out=md_out, plot_out=plot_out, compare=compare, reference=reference,
-                      pin=pin, keep_gc=keep_gc, shuffle=shuffle, force=force, cold_start_repeats=cold_start_repeats)
+            run_bench(
+                bundles,
+                input=input,
+                n=n,
+                warmup=warmup,
+                batch=batch,
+                threads=threads,
+                backend=backend,
+                json_out=json_out,
+                md_out=md_out,
+                plot_out=plot_out,
+                compare=compare,
+                reference=reference,
+                pin=pin,
+                keep_gc=keep_gc,
+                shuffle=shuffle,
+                force=force,
+                cold_start_repeats=cold_start_repeats,
+            )
         except SliceRTError as exc:
             typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
             raise typer.Exit(code=2) from None

@@ -1,12 +1,12 @@
 """The baseline pipelines do the same work as SliceRT (so speed-ups never come from skipped steps), and the
 overhead references compute what Session.run computes."""
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -20,8 +20,15 @@ ENV = {"slicert": "test"}
 
 
 def _cxr_like_spec():
-    return PreprocessSpec(out_height=128, out_width=128, voi_function="linear", window_center=2048.0,
-                          window_width=4096.0, resize="area", normalize="zscore")
+    return PreprocessSpec(
+        out_height=128,
+        out_width=128,
+        voi_function="linear",
+        window_center=2048.0,
+        window_width=4096.0,
+        resize="area",
+        normalize="zscore",
+    )
 
 
 def test_user_preprocessing_of_real_cr_matches_engine():
@@ -53,8 +60,14 @@ def test_user_preprocessing_of_real_cine_matches_engine():
     cine = bl.cine_frames(path, max_frames=2)
     assert len(cine.items) == 2 and cine.items[0].shape == (600, 800, 3) and len(cine.slices) == 2
     assert cine.pixel_spacing_mm is not None
-    spec = PreprocessSpec(out_height=96, out_width=96, voi_function="linear", window_center=128.0,
-                          window_width=256.0, resize="area")
+    spec = PreprocessSpec(
+        out_height=96,
+        out_width=96,
+        voi_function="linear",
+        window_center=128.0,
+        window_width=256.0,
+        resize="area",
+    )
     agree = bl.input_agreement(cine, spec, cine.slices[0].spec_for(spec, "dicom"))
     # cv2's RGB->grey rounds luma to uint8: at most half a grey level (1/255 of the range) apart.
     assert agree["max_abs_diff"] <= 0.5 / 255 + 1e-5
@@ -92,8 +105,17 @@ def test_overhead_references_compute_what_session_run_computes(tiny_bundle, rng)
 
 
 def test_user_ort_pipeline_and_slicert_agree_on_the_same_model(tiny_bundle, tiny_classifier_onnx, rng):
-    spec = PreprocessSpec(out_height=16, out_width=16, voi_function="linear", window_center=2048.0,
-                          window_width=4096.0, resize="area", normalize="fixed", mean=(0.5,), std=(0.25,))
+    spec = PreprocessSpec(
+        out_height=16,
+        out_width=16,
+        voi_function="linear",
+        window_center=2048.0,
+        window_width=4096.0,
+        resize="area",
+        normalize="fixed",
+        mean=(0.5,),
+        std=(0.25,),
+    )
     inputs = bl.raw_images("sim", [rng.integers(0, 4096, size=(64, 64), dtype=np.uint16)], "random")
     user = bl.onnxruntime_user("ort", tiny_classifier_onnx["path"], inputs, spec, "classification", threads=1)
     ours = bl.slicert("slicert", tiny_bundle, inputs, threads=1)

@@ -31,9 +31,16 @@ def test_missing_bundle(cli, tmp_path):
     assert "BundleError" in r.output and "does not exist" in r.output
 
 
-@pytest.mark.parametrize("args,match", [(["--n", "0"], "--n"), (["--warmup", "-1"], "--warmup"),
-                                        (["--threads", "0"], "--threads"), (["--batch", "0"], "--batch"),
-                                        (["--cold-start-repeats", "-1"], "--cold-start-repeats")])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--n", "0"], "--n"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--threads", "0"], "--threads"),
+        (["--batch", "0"], "--batch"),
+        (["--cold-start-repeats", "-1"], "--cold-start-repeats"),
+    ],
+)
 def test_bad_counts(cli, tmp_path, args, match):
     r = cli(tmp_path / "x.slicert", *args)
     assert r.exit_code == 2 and "InputError" in r.output and match in r.output
@@ -107,8 +114,25 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
     from engine.bench import report
 
     out_json, out_md, out_png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
-    r = cli(tiny_bundle, "--input", "synthetic:200x180", "--n", "30", "--warmup", "3", "--threads", "1",
-            "--json", out_json, "--md", out_md, "--plot", out_png, "--cold-start-repeats", "1")
+    r = cli(
+        tiny_bundle,
+        "--input",
+        "synthetic:200x180",
+        "--n",
+        "30",
+        "--warmup",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+        out_json,
+        "--md",
+        out_md,
+        "--plot",
+        out_png,
+        "--cold-start-repeats",
+        "1",
+    )
     assert r.exit_code == 0, r.output
     assert "p99.9" in r.output and "preprocess" in r.output  # the table went to the terminal
     d = json.loads(out_json.read_text())
@@ -134,7 +158,9 @@ def test_cli_end_to_end_json_md_plot(cli, tiny_bundle, tmp_path):
     r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--cold-start-repeats", "0")
     assert r.exit_code == 2 and "OutputExists" in r.output and out_json.read_bytes() == before
     # ... unless asked to.
-    r = cli(tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--force", "--cold-start-repeats", "0")
+    r = cli(
+        tiny_bundle, "--n", "2", "--warmup", "0", "--json", out_json, "--force", "--cold-start-repeats", "0"
+    )
     assert r.exit_code == 0 and json.loads(out_json.read_text())["settings"]["n"] == 2
 
 
@@ -142,9 +168,23 @@ def test_cli_compare_interleaves_configurations(cli, tiny_bundle, tmp_path):
     import json
 
     out = tmp_path / "c.json"
-    r = cli("--compare", f"{tiny_bundle}:threads=1,name=one", f"{tiny_bundle}:threads=2,name=two",
-            "--input", "synthetic:64x64", "--n", "20", "--warmup", "2", "--json", out, "--reference", "two",
-            "--cold-start-repeats", "0")
+    r = cli(
+        "--compare",
+        f"{tiny_bundle}:threads=1,name=one",
+        f"{tiny_bundle}:threads=2,name=two",
+        "--input",
+        "synthetic:64x64",
+        "--n",
+        "20",
+        "--warmup",
+        "2",
+        "--json",
+        out,
+        "--reference",
+        "two",
+        "--cold-start-repeats",
+        "0",
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert [c["name"] for c in d["configurations"]] == ["one", "two"]
@@ -160,8 +200,21 @@ def test_cli_batch_and_dicom_input(cli, tiny_bundle, tmp_path):
 
     path = get_testdata_file("CT_small.dcm", download=False)
     out = tmp_path / "b.json"
-    r = cli(tiny_bundle, "--input", path, "--batch", "2", "--n", "5", "--warmup", "1", "--json", out,
-            "--cold-start-repeats", "0")
+    r = cli(
+        tiny_bundle,
+        "--input",
+        path,
+        "--batch",
+        "2",
+        "--n",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        out,
+        "--cold-start-repeats",
+        "0",
+    )
     assert r.exit_code == 0, r.output
     c = json.loads(out.read_text())["configurations"][0]
     assert c["items_per_call"] == 2 and c["meta"]["load_kwargs"]["max_batch"] == 2
@@ -189,7 +242,9 @@ def test_cli_cine_input_runs_pre_decoded_frames(cli, tiny_bundle, tmp_path):
 
     cine = Path(deid_data.__file__).parent / "data" / "ultrasounds" / "ultrasound-multiframe.dcm"
     out = tmp_path / "cine.json"
-    r = cli(tiny_bundle, "--input", cine, "--n", "4", "--warmup", "0", "--json", out, "--cold-start-repeats", "0")
+    r = cli(
+        tiny_bundle, "--input", cine, "--n", "4", "--warmup", "0", "--json", out, "--cold-start-repeats", "0"
+    )
     assert r.exit_code == 0, r.output
     c = json.loads(out.read_text())["configurations"][0]
     assert c["meta"]["frames"] == 30 and c["meta"]["input_shape"] == [600, 800, 3]

@@ -17,8 +17,12 @@ from engine.errors import InputError, OutputExists
 def run():
     x = np.arange(50_000, dtype=np.float64)
     a = Pipeline("numpy-a", lambda: [("preprocess", np.sqrt), ("infer", np.sum)], input=x, meta={"kind": "a"})
-    b = Pipeline("numpy-b", lambda: [("decode", lambda v: v.copy()), ("preprocess", np.sqrt),
-                                     ("postprocess", np.max)], input=x, items_per_call=2)
+    b = Pipeline(
+        "numpy-b",
+        lambda: [("decode", lambda v: v.copy()), ("preprocess", np.sqrt), ("postprocess", np.max)],
+        input=x,
+        items_per_call=2,
+    )
     return run_benchmark([a, b], n=25, warmup=2)  # real environment(): the report must serialize it
 
 
@@ -45,9 +49,11 @@ def test_json_round_trip(run, tmp_path):
 
 def test_json_reader_rejects_other_files(tmp_path):
     p = tmp_path / "x.json"
-    for content, match in (({"schema": "other"}, "not a SliceRT"),
-                           ({"schema": "slicert.bench", "schema_version": 99}, "schema_version"),
-                           ({"schema": "slicert.bench", "schema_version": 1}, "configurations")):
+    for content, match in (
+        ({"schema": "other"}, "not a SliceRT"),
+        ({"schema": "slicert.bench", "schema_version": 99}, "schema_version"),
+        ({"schema": "slicert.bench", "schema_version": 1}, "configurations"),
+    ):
         p.write_text(json.dumps(content))
         with pytest.raises(InputError, match=match):
             report.read_json(p)

@@ -42,16 +42,24 @@ def test_round_robin_interleaving_order():
     assert journal == expected
     assert [c.name for c in run.configurations] == ["A", "B", "C"]
     assert all(c.samples_ns[TOTAL].shape == (3,) for c in run.configurations)
-    assert run.settings["schedule"] == "round_robin" and run.settings["n"] == 3 and run.settings["warmup"] == 2
+    assert (
+        run.settings["schedule"] == "round_robin" and run.settings["n"] == 3 and run.settings["warmup"] == 2
+    )
 
 
 def test_shuffled_schedule_runs_each_config_once_per_round_and_is_seeded():
     def order(seed):
         journal = []
-        run_benchmark([Recorder(x, journal) for x in "ABCD"], n=20, warmup=0, schedule="shuffled", seed=seed,
-                      environment=ENV)
+        run_benchmark(
+            [Recorder(x, journal) for x in "ABCD"],
+            n=20,
+            warmup=0,
+            schedule="shuffled",
+            seed=seed,
+            environment=ENV,
+        )
         steps = [name for what, name in journal[8:] if what == "step"]  # after the 4 load + first steps
-        return [steps[i:i + 4] for i in range(0, len(steps), 4)]
+        return [steps[i : i + 4] for i in range(0, len(steps), 4)]
 
     rounds = order(3)
     assert len(rounds) == 20 and all(sorted(r) == list("ABCD") for r in rounds)
@@ -72,8 +80,9 @@ def test_stage_samples_recorded_and_other_derived():
 
 def test_pipeline_stages_are_enclosed_by_total():
     x = np.arange(200_000, dtype=np.float64)
-    p = Pipeline("np", lambda: [("decode", lambda v: v.copy()), ("preprocess", np.sqrt), ("infer", np.sum)],
-                 input=x)
+    p = Pipeline(
+        "np", lambda: [("decode", lambda v: v.copy()), ("preprocess", np.sqrt), ("infer", np.sum)], input=x
+    )
     run = run_benchmark([p], n=30, warmup=2, environment=ENV)
     c = run.configurations[0]
     assert c.stages == ["decode", "preprocess", "infer"]
@@ -95,9 +104,11 @@ def test_real_onnxruntime_session_pipeline(tiny_classifier_onnx, rng):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         sess = ort.InferenceSession(str(m["path"]), opts, providers=["CPUExecutionProvider"])
-        return [("preprocess", lambda a: ((a.astype(np.float32) / 4095.0 - 0.5) / 0.25)[None, None]),
-                ("infer", lambda t: sess.run(["scores"], {"input": t})[0]),
-                ("postprocess", lambda s: np.exp(s[0] - s[0].max()) / np.exp(s[0] - s[0].max()).sum())]
+        return [
+            ("preprocess", lambda a: ((a.astype(np.float32) / 4095.0 - 0.5) / 0.25)[None, None]),
+            ("infer", lambda t: sess.run(["scores"], {"input": t})[0]),
+            ("postprocess", lambda s: np.exp(s[0] - s[0].max()) / np.exp(s[0] - s[0].max()).sum()),
+        ]
 
     p = Pipeline("ort-fp32", build, input=raw, meta={"backend": "onnxruntime"})
     run = run_benchmark([p], n=20, warmup=3, environment=ENV)
@@ -151,8 +162,10 @@ def test_bad_arguments_raise_input_error():
     assert j == []  # nothing was loaded or run before the arguments were checked
 
 
-@pytest.mark.parametrize("stages,match", [({TOTAL: 5}, "reserved"), ({"infer": -1}, ">= 0"),
-                                          ({"infer": 1.5}, "integer"), ([1, 2], "mapping")])
+@pytest.mark.parametrize(
+    "stages,match",
+    [({TOTAL: 5}, "reserved"), ({"infer": -1}, ">= 0"), ({"infer": 1.5}, "integer"), ([1, 2], "mapping")],
+)
 def test_bad_step_results(stages, match):
     class Bad(Recorder):
         def step(self):
@@ -180,9 +193,19 @@ def test_pipeline_rejects_bad_stage_lists():
 
 def _result(name, total_ms):
     total = np.asarray(total_ms, dtype=np.float64)
-    return ConfigResult(name=name, meta={}, items_per_call=1, samples_ns={TOTAL: (total * 1e6).astype(np.int64)},
-                        load_ms=1.0, first_inference_ms=1.0, cold_start_ms=2.0, first_stages_ms={},
-                        rss_before_load_mb=None, rss_after_load_mb=None, peak_rss_mb=None)
+    return ConfigResult(
+        name=name,
+        meta={},
+        items_per_call=1,
+        samples_ns={TOTAL: (total * 1e6).astype(np.int64)},
+        load_ms=1.0,
+        first_inference_ms=1.0,
+        cold_start_ms=2.0,
+        first_stages_ms={},
+        rss_before_load_mb=None,
+        rss_after_load_mb=None,
+        peak_rss_mb=None,
+    )
 
 
 def test_comparisons_reference_and_paired_ratio(rng):
@@ -190,8 +213,13 @@ def test_comparisons_reference_and_paired_ratio(rng):
     drift = 1 + (rng.random(n) < 0.1) * 4.0  # 10 % of rounds hit by a neighbour's burst, in both configs
     slow = 12.0 * drift
     fast = 3.0 * drift
-    run = BenchmarkRun([_result("slow", slow), _result("fast", fast)], settings={"schedule": "round_robin"},
-                       environment=ENV, started_utc="t0", finished_utc="t1")
+    run = BenchmarkRun(
+        [_result("slow", slow), _result("fast", fast)],
+        settings={"schedule": "round_robin"},
+        environment=ENV,
+        started_utc="t0",
+        finished_utc="t1",
+    )
     comps = run.comparisons()
     assert len(comps) == 1 and comps[0]["name"] == "fast" and comps[0]["reference"] == "slow"
     assert comps[0]["speedup_p50"] == pytest.approx(np.median(slow) / np.median(fast), rel=1e-6)
