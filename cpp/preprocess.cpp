@@ -101,10 +101,16 @@ inline void fetch(const PixelSource& s, const char* p, float* v) {
 #define SLICERT_MULTIVERSION __attribute__((noinline))
 #endif
 
+// init: the first source row of an output row stores instead of accumulating (saves clearing acc;
+// 0 + v == v, so the result is the same bits).
 #define SLICERT_AFFINE_ROW(T)                                                                              \
-  SLICERT_MULTIVERSION void affine_row(const T* __restrict q, int n, pm::Affine f, float wy,              \
+  SLICERT_MULTIVERSION void affine_row(const T* __restrict q, int n, pm::Affine f, float wy, bool init,   \
                                        float* __restrict acc) {                                           \
-    for (int x = 0; x < n; ++x) acc[x] += wy * pm::affine_value(static_cast<float>(q[x]), f);            \
+    if (init) {                                                                                            \
+      for (int x = 0; x < n; ++x) acc[x] = wy * pm::affine_value(static_cast<float>(q[x]), f);           \
+    } else {                                                                                               \
+      for (int x = 0; x < n; ++x) acc[x] += wy * pm::affine_value(static_cast<float>(q[x]), f);          \
+    }                                                                                                      \
   }
 SLICERT_AFFINE_ROW(uint8_t)
 SLICERT_AFFINE_ROW(uint16_t)
@@ -113,14 +119,15 @@ SLICERT_AFFINE_ROW(int32_t)
 SLICERT_AFFINE_ROW(float)
 #undef SLICERT_AFFINE_ROW
 
-// acc[x*CW + c] += wy * value(row r, column x) for x in [0, n).
+// acc[x*CW + c] (+)= wy * value(row r, column x) for x in [0, n); init: store instead of add.
 template <int DT, int CIN, int CW>
-void accumulate_row(const PixelSource& s, int r, int n, float wy, float* acc) {
+void accumulate_row(const PixelSource& s, int r, int n, float wy, bool init, float* acc) {
   using T = typename Storage<DT>::type;
   const char* p = s.img.base + static_cast<int64_t>(r) * s.img.sy;
   if constexpr (CIN == 1) {
-    if (s.affine && !s.eq_table && s.img.sx == static_cast<int64_t>(sizeof(T)) && reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
-      affine_row(reinterpret_cast<const T*>(p), n, *s.affine, wy, acc);
+    if (s.affine && !s.eq_table && s.img.sx == static_cast<int64_t>(sizeof(T)) &&
+        reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
+      affine_row(reinterpret_cast<const T*>(p), n, *s.affine, wy, init, acc);
       return;
     }
   }
@@ -129,10 +136,15 @@ void accumulate_row(const PixelSource& s, int r, int n, float wy, float* acc) {
     if (s.lut && s.img.sx == static_cast<int64_t>(sizeof(T)) && reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
       const T* q = reinterpret_cast<const T*>(p);
       const float* lut = s.lut + (DT == pm::IN_I16 ? 32768 : 0);
-      for (int x = 0; x < n; ++x) acc[x] += wy * lut[q[x]];
+      if (init) {
+        for (int x = 0; x < n; ++x) acc[x] = wy * lut[q[x]];
+      } else {
+        for (int x = 0; x < n; ++x) acc[x] += wy * lut[q[x]];
+      }
       return;
     }
   }
+  if (init) std::fill(acc, acc + static_cast<size_t>(n) * CW, 0.0f);
   float v[3];
   for (int x = 0; x < n; ++x, p += s.img.sx) {
     fetch<DT, CIN, CW>(s, p, v);
@@ -145,6 +157,7 @@ void accumulate_row(const PixelSource& s, int r, int n, float wy, float* acc) {
 // taps have weight 0 and a valid index, which adds an exact +0.
 struct TapTable {
   int taps = 0, n = 0;
+  int uniform_factor = 0;  // > 0: an integer downscale, output d = mean of source [d*f, d*f + f)
   std::vector<int> idx;
   std::vector<float> w;
 };
@@ -162,7 +175,43 @@ TapTable area_table(const pm::AxisMap& a) {
       t.w[static_cast<size_t>(k) * t.n + d] = k < sp.count ? pm::area_weight(sp, k) : 0.0f;
     }
   }
+  bool uniform = t.taps >= 2 && t.taps <= 16;
+  for (int d = 0; d < t.n && uniform; ++d)
+    for (int k = 0; k < t.taps && uniform; ++k)
+      uniform = t.idx[static_cast<size_t>(k) * t.n + d] == d * t.taps + k &&
+                t.w[static_cast<size_t>(k) * t.n + d] == t.w[0];
+  if (uniform) t.uniform_factor = t.taps;
   return t;
+}
+
+// Integer downscale (the common 2x/4x/8x case): consecutive taps, one weight. Same additions in the
+// same order as horizontal_pass, but contiguous loads the compiler turns into shuffles, ~6x faster
+// than gathers (measured).
+template <int F>
+SLICERT_MULTIVERSION void horizontal_uniform_f(const float* __restrict acc, float w, int n, float* __restrict out) {
+  for (int d = 0; d < n; ++d) {
+    float s = 0.0f;
+    for (int k = 0; k < F; ++k) s += w * acc[d * F + k];
+    out[d] = s;
+  }
+}
+
+void horizontal_uniform(const float* acc, int f, float w, int n, float* out) {
+  switch (f) {
+    case 2: return horizontal_uniform_f<2>(acc, w, n, out);
+    case 3: return horizontal_uniform_f<3>(acc, w, n, out);
+    case 4: return horizontal_uniform_f<4>(acc, w, n, out);
+    case 5: return horizontal_uniform_f<5>(acc, w, n, out);
+    case 6: return horizontal_uniform_f<6>(acc, w, n, out);
+    case 7: return horizontal_uniform_f<7>(acc, w, n, out);
+    case 8: return horizontal_uniform_f<8>(acc, w, n, out);
+    default:
+      for (int d = 0; d < n; ++d) {
+        float s = 0.0f;
+        for (int k = 0; k < f; ++k) s += w * acc[d * f + k];
+        out[d] = s;
+      }
+  }
 }
 
 SLICERT_MULTIVERSION void horizontal_pass(const float* __restrict acc, const int* __restrict idx,
@@ -268,11 +317,16 @@ void compute_row(const Plan& pl, const TapTable* xt, const std::vector<pm::Taps2
 
   if (pl.ay.kind == pm::AX_AREA_DOWN) {
     const int n = g.roi_w;
-    acc.assign(static_cast<size_t>(n) * CW, 0.0f);
+    acc.resize(static_cast<size_t>(n) * CW);
     const pm::AreaSpan sp = pm::area_span(pl.ay, cy);
-    for (int k = 0; k < sp.count; ++k) accumulate_row<DT, CIN, CW>(s, sp.first + k, n, pm::area_weight(sp, k), acc.data());
+    for (int k = 0; k < sp.count; ++k)
+      accumulate_row<DT, CIN, CW>(s, sp.first + k, n, pm::area_weight(sp, k), k == 0, acc.data());
     if constexpr (CW == 1) {
-      horizontal_pass(acc.data(), xt->idx.data(), xt->w.data(), xt->taps, g.content_w, dst);
+      if (xt->uniform_factor > 0) {
+        horizontal_uniform(acc.data(), xt->uniform_factor, xt->w[0], g.content_w, dst);
+      } else {
+        horizontal_pass(acc.data(), xt->idx.data(), xt->w.data(), xt->taps, g.content_w, dst);
+      }
     } else {
       std::fill(dst, dst + static_cast<size_t>(g.content_w) * CW, 0.0f);
       for (int k = 0; k < xt->taps; ++k)
