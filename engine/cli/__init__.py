@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "engine.cli.build",
     "engine.cli.inspect",
     "tools.quantize.cli",
+    "tools.cli",
 ]
 
 
