@@ -102,7 +102,7 @@ def summarize(wall, cpu, rss, warmup, first_scores, last_scores) -> dict:
     after_warmup = [r for i, r in rss if i >= warmup]
     growth = after_warmup[-1] - after_warmup[0]
     out = {
-        "calls": int(len(wall)), "warmup_calls": int(warmup),
+        "calls": len(wall), "warmup_calls": int(warmup),
         "rss_after_warmup_mb": after_warmup[0] / 2**20, "rss_end_mb": after_warmup[-1] / 2**20,
         "rss_growth_bytes": int(growth), "rss_max_excursion_bytes": int(max(after_warmup) - after_warmup[0]),
         "wall_median_us": float(np.median(steady_wall)) / 1e3,
