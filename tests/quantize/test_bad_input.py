@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from engine.errors import InputError, OutputExists
 from engine.spec import PreprocessSpec

@@ -31,7 +31,7 @@ def test_overflow_is_detected_named_and_avoided(rng):
     naive, _, _ = fp16.convert(model)
     assert not np.all(np.isfinite(fp16.run_emulated(naive, x)))
     # Ranges as calibration measures them (max |activation| per tensor on the calibration set).
-    probe, names = runner.with_all_outputs(model, (TensorProto.FLOAT,))
+    probe, _ = runner.with_all_outputs(model, (TensorProto.FLOAT,))
     outs = runner.session(probe, level="disable").run(None, {"input": x})
     ranges = {n.name: (float(v.min()), float(v.max())) for n, v in zip(runner.session(probe).get_outputs(), outs)}
     assert max(abs(v) for v in ranges["big"]) > fp16.FP16_MAX

@@ -103,6 +103,7 @@ def test_ort_form_runs_as_integer_kernels(quantized, task):
 def test_int8_close_to_fp32_on_held_out_data(quantized, exports, splits, task):
     from engine.spec import PreprocessSpec
     from tools.quantize.data import preprocess_slices
+
     from . import quant_fixtures as qf
 
     x = preprocess_slices(splits[task]["test"][0], PreprocessSpec.from_dict(qf.SPEC))
@@ -133,6 +134,7 @@ def test_calibration_methods_give_different_valid_ranges(exports, splits, tmp_pa
     from engine.spec import PreprocessSpec
     from tools.quantize import calibrate
     from tools.quantize.data import preprocess_slices
+
     from . import quant_fixtures as qf
 
     m = onnx.load(str(exports["classification"] / "model.onnx"))

@@ -27,7 +27,7 @@ CPU_FORM_SKIP_OPS = ("GlobalAveragePool",)  # measured 13x slower quantized (see
 SLOWER_FACTOR = 1.2  # keep a layer FP32 only when INT8 is clearly slower (shared machines are noisy)
 
 
-def _single_layer_model(model, node, shapes) -> "onnx.ModelProto | None":
+def _single_layer_model(model, node, shapes) -> onnx.ModelProto | None:
     from onnx import TensorProto, helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -54,7 +54,7 @@ def _time(sess, x, n: int) -> list[float]:
     return out
 
 
-def slow_int8_layers(prepped: "onnx.ModelProto", workdir, *, repeats: int = 7, per_round: int = 15
+def slow_int8_layers(prepped: onnx.ModelProto, workdir, *, repeats: int = 7, per_round: int = 15
                      ) -> dict[str, dict[str, float]]:
     """{layer: {"fp32_us", "int8_us"}} for weighted layers that are SLOWER_FACTOR x slower in INT8 alone."""
     import onnx
@@ -77,8 +77,8 @@ def slow_int8_layers(prepped: "onnx.ModelProto", workdir, *, repeats: int = 7, p
         x = rng.standard_normal(shape).astype(np.float32)
 
         class _Reader:
-            def __init__(self):
-                self._it = iter([{node.input[0]: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+            def __init__(self, name: str, shape: list[int]):
+                self._it = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
 
             def get_next(self):
                 return next(self._it, None)
@@ -86,7 +86,7 @@ def slow_int8_layers(prepped: "onnx.ModelProto", workdir, *, repeats: int = 7, p
         fp32_path, q_path = workdir / "speed_fp32.onnx", workdir / "speed_int8.onnx"
         onnx.save(single, str(fp32_path))
         with quiet_ort_logging():
-            quantize_static(str(fp32_path), str(q_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(fp32_path), str(q_path), _Reader(node.input[0], shape), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             extra_options={"WeightSymmetric": True})
         s32 = runner.session(str(fp32_path), threads=1)

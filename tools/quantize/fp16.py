@@ -61,8 +61,8 @@ def _to_fp16(arr: np.ndarray) -> tuple[np.ndarray, int, int]:
     return np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), clipped, flushed
 
 
-def convert(model: "onnx.ModelProto", keep_fp32: set[str] | frozenset[str] = frozenset()
-            ) -> tuple["onnx.ModelProto", int, int]:
+def convert(model: onnx.ModelProto, keep_fp32: set[str] | frozenset[str] = frozenset()
+            ) -> tuple[onnx.ModelProto, int, int]:
     """float32 -> float16 graph with float32 inputs/outputs; nodes named in keep_fp32 stay float32.
 
     Returns (model, weights clipped, weights flushed to zero)."""
@@ -161,7 +161,7 @@ def convert(model: "onnx.ModelProto", keep_fp32: set[str] | frozenset[str] = fro
     return out, clipped, flushed
 
 
-def emulate(model16: "onnx.ModelProto") -> "onnx.ModelProto":
+def emulate(model16: onnx.ModelProto) -> onnx.ModelProto:
     """float32 twin of a float16 model whose every float16 tensor is rounded through Cast(float16) and
     back: the same values a float16 engine stores between layers, computed with float32 kernels.
 
@@ -221,7 +221,7 @@ def _scan_inf_nan(model16, x: np.ndarray) -> list[str]:
     """Names of float16 tensors that reach Inf/NaN on x."""
     from onnx import TensorProto
 
-    probe, names = runner.with_all_outputs(emulate(model16), (TensorProto.FLOAT,))
+    probe, _ = runner.with_all_outputs(emulate(model16), (TensorProto.FLOAT,))
     sess = runner.session(probe, level="disable")  # keep every rounding Cast: no fusion may hide an Inf
     bad: list[str] = []
     for i in range(0, len(x), runner.EVAL_BATCH):
@@ -256,7 +256,7 @@ def _rel_err(model16, x, ref) -> float:
     return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-12))
 
 
-def build_fp16(model: "onnx.ModelProto", calib_x: np.ndarray, ranges: dict[str, tuple[float, float]]) -> FP16Result:
+def build_fp16(model: onnx.ModelProto, calib_x: np.ndarray, ranges: dict[str, tuple[float, float]]) -> FP16Result:
     """Measure, decide which nodes stay float32, and return the float16 model with its report."""
     x = calib_x[:PROBE_SLICES]
     ref = runner.run_batched(runner.session(model), x)

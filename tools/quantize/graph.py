@@ -46,7 +46,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_fp32_model(path: str | Path) -> "onnx.ModelProto":
+def load_fp32_model(path: str | Path) -> onnx.ModelProto:
     """Load and validate an FP32 export; raise InputError naming what is wrong."""
     import onnx
 
@@ -62,7 +62,7 @@ def load_fp32_model(path: str | Path) -> "onnx.ModelProto":
     return model
 
 
-def check_fp32_model(model: "onnx.ModelProto", where: str = "model") -> None:
+def check_fp32_model(model: onnx.ModelProto, where: str = "model") -> None:
     import onnx
     from onnx import TensorProto
 
@@ -106,19 +106,19 @@ def iter_nodes(graph):
                 yield from iter_nodes(g)
 
 
-def input_shape(model: "onnx.ModelProto") -> tuple:
+def input_shape(model: onnx.ModelProto) -> tuple:
     """(C, H, W) of the 'input' tensor; batch stays dynamic."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
 
 
-def weighted_layers(model: "onnx.ModelProto") -> list[str]:
+def weighted_layers(model: onnx.ModelProto) -> list[str]:
     """Names of the weighted nodes (with a constant weight) in graph order: the units of mixed precision."""
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits]
 
 
-def ensure_node_names(model: "onnx.ModelProto") -> None:
+def ensure_node_names(model: onnx.ModelProto) -> None:
     """Give every node a unique name: exclusion lists and reports refer to nodes by name."""
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):

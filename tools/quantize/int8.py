@@ -30,7 +30,7 @@ FORMS = ("tensorrt", "ort")
 TRT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
 
 
-def prepare_fp32(model: "onnx.ModelProto", out_path: str | Path) -> "onnx.ModelProto":
+def prepare_fp32(model: onnx.ModelProto, out_path: str | Path) -> onnx.ModelProto:
     """ORT's basic, hardware-independent graph optimizations (Conv+BatchNorm folding, constant folding,
     identity removal: what onnxruntime.quantization's pre-processing recommends), ONNX shape inference,
     then unique node names. Written to `out_path` (a work folder: nothing lands in the CWD)."""
@@ -57,7 +57,7 @@ def prepare_fp32(model: "onnx.ModelProto", out_path: str | Path) -> "onnx.ModelP
 
 def quantize(prepped_path: str | Path, cache_path: str | Path, method: str, out_path: str | Path, *,
              form: str, exclude: tuple[str, ...] | list[str] = (), only: tuple[str, ...] | list[str] = (),
-             cpu_exclude: tuple[str, ...] | list[str] = ()) -> "onnx.ModelProto":
+             cpu_exclude: tuple[str, ...] | list[str] = ()) -> onnx.ModelProto:
     """Write an INT8 Q/DQ model of `form` using the cached calibration ranges.
 
     `exclude`: weighted layers left in FP32 (mixed precision). `only`: quantize just these layers
@@ -97,11 +97,11 @@ def quantize(prepped_path: str | Path, cache_path: str | Path, method: str, out_
     return model
 
 
-def _producers(model) -> dict[str, "onnx.NodeProto"]:
+def _producers(model) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def _consumers(model) -> dict[str, list["onnx.NodeProto"]]:
+def _consumers(model) -> dict[str, list[onnx.NodeProto]]:
     out: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -134,7 +134,7 @@ def _drop_qdq_on_fusable_add_inputs(model) -> None:
         model.graph.node.remove(n)
 
 
-def qdq_problems(model: "onnx.ModelProto", form: str, excluded: tuple[str, ...] | list[str] = ()) -> list[str]:
+def qdq_problems(model: onnx.ModelProto, form: str, excluded: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Everything about `model` that breaks the Q/DQ rules of `form`; empty when it is valid.
 
     Checks: every non-excluded weighted layer reads a DequantizeLinear activation and per-channel
@@ -202,7 +202,7 @@ def qdq_problems(model: "onnx.ModelProto", form: str, excluded: tuple[str, ...] 
     return problems
 
 
-def quantized_layers(model: "onnx.ModelProto") -> list[str]:
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
     """Weighted layers whose weights are INT8 (read through DequantizeLinear)."""
     prod = _producers(model)
     return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1

@@ -11,17 +11,19 @@ import json
 import math
 import platform
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from engine.errors import InputError
 from tools.quantize import calibrate as calib_mod
+from tools.quantize import cpu_speed, graph, int8, metrics, runner, sensitivity
 from tools.quantize import data as data_mod
 from tools.quantize import fp16 as fp16_mod
 from tools.quantize import gate as gate_mod
-from tools.quantize import cpu_speed, graph, int8, metrics, report as report_mod, runner, sensitivity
+from tools.quantize import report as report_mod
 
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8_ort": "model.int8.ort.onnx",
          "mixed": "model.mixed.onnx", "mixed_ort": "model.mixed.ort.onnx"}
@@ -102,7 +104,7 @@ def _evaluate(name: str, model, split: data_mod.Split, task: str, labels: list[s
     return res, out
 
 
-def quantize_export(export_dir: "str | Path", out_dir: "str | Path", *, dataset: Any = None, method: str = "max",
+def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any = None, method: str = "max",
                     calib_n: int = data_mod.MIN_CALIB_SLICES, budget_auc: float = gate_mod.DEFAULT_BUDGET_AUC,
                     budget_dice: float = gate_mod.DEFAULT_BUDGET_DICE, accept_loss: bool = False,
                     force: bool = False, percentile: float = calib_mod.DEFAULT_PERCENTILE,

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 EVAL_BATCH = 32
 
 
-def session(model: "onnx.ModelProto | bytes | str", *, threads: int = 1,
-            level: str = "all") -> "ort.InferenceSession":
+def session(model: onnx.ModelProto | bytes | str, *, threads: int = 1,
+            level: str = "all") -> ort.InferenceSession:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -31,13 +31,13 @@ def session(model: "onnx.ModelProto | bytes | str", *, threads: int = 1,
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def run_batched(sess: "ort.InferenceSession", x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+def run_batched(sess: ort.InferenceSession, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """First output of `sess` over x in batches, as float32."""
     outs = [sess.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32, copy=False)
 
 
-def with_all_outputs(model: "onnx.ModelProto", elem_types: tuple[int, ...]) -> tuple["onnx.ModelProto", list[str]]:
+def with_all_outputs(model: onnx.ModelProto, elem_types: tuple[int, ...]) -> tuple[onnx.ModelProto, list[str]]:
     """Copy of `model` that also returns every intermediate tensor of the given element types.
 
     Types come from ONNX shape inference; tensors it cannot type are skipped."""
