@@ -101,46 +101,54 @@ inline void fetch(const PixelSource& s, const char* p, float* v) {
 #define SLICERT_MULTIVERSION __attribute__((noinline))
 #endif
 
-// init: the first source row of an output row stores instead of accumulating (saves clearing acc;
-// 0 + v == v, so the result is the same bits).
-#define SLICERT_AFFINE_ROW(T)                                                                              \
-  SLICERT_MULTIVERSION void affine_row(const T* __restrict q, int n, pm::Affine f, float wy, bool init,   \
-                                       float* __restrict acc) {                                           \
-    if (init) {                                                                                            \
-      for (int x = 0; x < n; ++x) acc[x] = wy * pm::affine_value(static_cast<float>(q[x]), f);           \
-    } else {                                                                                               \
-      for (int x = 0; x < n; ++x) acc[x] += wy * pm::affine_value(static_cast<float>(q[x]), f);          \
-    }                                                                                                      \
+// Up to four source rows per pass: acc is loaded and stored once per 4 rows instead of per row, and
+// the additions happen in the same order as one pass per row, so the result is the same bits.
+// INIT: acc starts at +0 (as the generic path's cleared buffer does).
+template <typename T, int M, bool INIT>
+SLICERT_MULTIVERSION void affine_rows(const T* __restrict q0, const T* __restrict q1, const T* __restrict q2,
+                                      const T* __restrict q3, float w0, float w1, float w2, float w3, int n,
+                                      pm::Affine f, float* __restrict acc) {
+  for (int x = 0; x < n; ++x) {
+    float s = INIT ? 0.0f : acc[x];
+    s += w0 * pm::affine_value(static_cast<float>(q0[x]), f);
+    if constexpr (M > 1) s += w1 * pm::affine_value(static_cast<float>(q1[x]), f);
+    if constexpr (M > 2) s += w2 * pm::affine_value(static_cast<float>(q2[x]), f);
+    if constexpr (M > 3) s += w3 * pm::affine_value(static_cast<float>(q3[x]), f);
+    acc[x] = s;
   }
-SLICERT_AFFINE_ROW(uint8_t)
-SLICERT_AFFINE_ROW(uint16_t)
-SLICERT_AFFINE_ROW(int16_t)
-SLICERT_AFFINE_ROW(int32_t)
-SLICERT_AFFINE_ROW(float)
-#undef SLICERT_AFFINE_ROW
+}
+
+template <typename T, bool INIT>
+void affine_rows_m(int m, const T* const* q, const float* w, int n, const pm::Affine& f, float* acc) {
+  switch (m) {
+    case 1: return affine_rows<T, 1, INIT>(q[0], q[0], q[0], q[0], w[0], 0, 0, 0, n, f, acc);
+    case 2: return affine_rows<T, 2, INIT>(q[0], q[1], q[1], q[1], w[0], w[1], 0, 0, n, f, acc);
+    case 3: return affine_rows<T, 3, INIT>(q[0], q[1], q[2], q[2], w[0], w[1], w[2], 0, n, f, acc);
+    default: return affine_rows<T, 4, INIT>(q[0], q[1], q[2], q[3], w[0], w[1], w[2], w[3], n, f, acc);
+  }
+}
+
+// Table rows stay scalar: AVX2/AVX-512 gathers measured slower than scalar loads here.
+template <typename T>
+__attribute__((noinline)) void lut_row(const T* __restrict q, const float* __restrict lut, int n, float wy, bool init,
+                                       float* __restrict acc) {
+  if (init) {
+    for (int x = 0; x < n; ++x) acc[x] = 0.0f + wy * lut[q[x]];
+  } else {
+#pragma GCC unroll 8
+    for (int x = 0; x < n; ++x) acc[x] += wy * lut[q[x]];
+  }
+}
 
 // acc[x*CW + c] (+)= wy * value(row r, column x) for x in [0, n); init: store instead of add.
 template <int DT, int CIN, int CW>
 void accumulate_row(const PixelSource& s, int r, int n, float wy, bool init, float* acc) {
   using T = typename Storage<DT>::type;
   const char* p = s.img.base + static_cast<int64_t>(r) * s.img.sy;
-  if constexpr (CIN == 1) {
-    if (s.affine && !s.eq_table && s.img.sx == static_cast<int64_t>(sizeof(T)) &&
-        reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
-      affine_row(reinterpret_cast<const T*>(p), n, *s.affine, wy, init, acc);
-      return;
-    }
-  }
   if constexpr (CIN == 1 && is_lut_dtype(DT)) {
     // Hot path: contiguous, aligned row of 8/16-bit values -> one table lookup per pixel.
     if (s.lut && s.img.sx == static_cast<int64_t>(sizeof(T)) && reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
-      const T* q = reinterpret_cast<const T*>(p);
-      const float* lut = s.lut + (DT == pm::IN_I16 ? 32768 : 0);
-      if (init) {
-        for (int x = 0; x < n; ++x) acc[x] = wy * lut[q[x]];
-      } else {
-        for (int x = 0; x < n; ++x) acc[x] += wy * lut[q[x]];
-      }
+      lut_row(reinterpret_cast<const T*>(p), s.lut + (DT == pm::IN_I16 ? 32768 : 0), n, wy, init, acc);
       return;
     }
   }
@@ -150,6 +158,32 @@ void accumulate_row(const PixelSource& s, int r, int n, float wy, bool init, flo
     fetch<DT, CIN, CW>(s, p, v);
     for (int c = 0; c < CW; ++c) acc[x * CW + c] += wy * v[c];
   }
+}
+
+// Vertical part of an area downscale: acc = sum over the span's rows of weight * value.
+template <int DT, int CIN, int CW>
+void accumulate_span(const PixelSource& s, const pm::AreaSpan& sp, int n, float* acc) {
+  using T = typename Storage<DT>::type;
+  if constexpr (CIN == 1) {
+    const bool simd = s.affine && !s.eq_table && s.img.sx == static_cast<int64_t>(sizeof(T)) &&
+                      reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 &&
+                      s.img.sy % static_cast<int64_t>(alignof(T)) == 0;
+    if (simd) {
+      for (int k = 0; k < sp.count; k += 4) {
+        const T* q[4];
+        float w[4];
+        const int m = std::min(4, sp.count - k);
+        for (int i = 0; i < m; ++i) {
+          q[i] = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy);
+          w[i] = pm::area_weight(sp, k + i);
+        }
+        if (k == 0) affine_rows_m<T, true>(m, q, w, n, *s.affine, acc);
+        else affine_rows_m<T, false>(m, q, w, n, *s.affine, acc);
+      }
+      return;
+    }
+  }
+  for (int k = 0; k < sp.count; ++k) accumulate_row<DT, CIN, CW>(s, sp.first + k, n, pm::area_weight(sp, k), k == 0, acc);
 }
 
 // Per-output taps of one axis for area downscaling, padded to the same count and stored tap-major
@@ -319,8 +353,7 @@ void compute_row(const Plan& pl, const TapTable* xt, const std::vector<pm::Taps2
     const int n = g.roi_w;
     acc.resize(static_cast<size_t>(n) * CW);
     const pm::AreaSpan sp = pm::area_span(pl.ay, cy);
-    for (int k = 0; k < sp.count; ++k)
-      accumulate_row<DT, CIN, CW>(s, sp.first + k, n, pm::area_weight(sp, k), k == 0, acc.data());
+    accumulate_span<DT, CIN, CW>(s, sp, n, acc.data());
     if constexpr (CW == 1) {
       if (xt->uniform_factor > 0) {
         horizontal_uniform(acc.data(), xt->uniform_factor, xt->w[0], g.content_w, dst);

@@ -107,20 +107,19 @@ SLICERT_HD float pixel_value(float stored, const PixelParams& p) {
 // as the DICOM formula itself; the uncentred x * a + b would lose ulp(|x| / w) to cancellation.
 struct Affine {
   float x0, a, b;  // y = (x - x0) * a + b
-  float lo, hi;    // then clamped to [lo, hi] when clamp != 0
-  int clamp;
+  float lo, hi;    // then clamped to [lo, hi] (+-Inf when there is no window: a no-op, branch-free)
 };
 
 SLICERT_HD int affine_chain(const PixelParams& p, Affine* out) {
   if (p.modality_lut != nullptr) return 0;
   const double lo = p.out_min, hi = p.out_max, range = hi - lo;
   double x0, a, b;
-  int clamp = 1;
+  bool clamp = true;
   if (p.voi == VOI_NONE) {
     x0 = 0.0;
     a = p.rescale_slope;
     b = p.rescale_intercept;
-    clamp = 0;
+    clamp = false;
   } else if (p.voi == VOI_LINEAR || p.voi == VOI_LINEAR_EXACT) {
     const double c = p.voi == VOI_LINEAR ? static_cast<double>(p.window_center) - 0.5 : p.window_center;
     const double w = p.voi == VOI_LINEAR ? static_cast<double>(p.window_width) - 1.0 : p.window_width;
@@ -139,20 +138,16 @@ SLICERT_HD int affine_chain(const PixelParams& p, Affine* out) {
   out->x0 = static_cast<float>(x0);
   out->a = static_cast<float>(a);
   out->b = static_cast<float>(b);
-  out->lo = p.out_min;
-  out->hi = p.out_max;
-  out->clamp = clamp;
+  out->lo = clamp ? p.out_min : -INFINITY;
+  out->hi = clamp ? p.out_max : INFINITY;
   return 1;
 }
 
 // Written with comparisons (not fminf/fmaxf, whose NaN rules block vectorization); inputs are finite.
 SLICERT_HD float affine_value(float x, const Affine& f) {
   float v = (x - f.x0) * f.a + f.b;
-  if (f.clamp) {
-    v = v < f.lo ? f.lo : v;
-    v = v > f.hi ? f.hi : v;
-  }
-  return v;
+  v = v < f.lo ? f.lo : v;
+  return v > f.hi ? f.hi : v;
 }
 
 // ITU-R BT.601 luma, the conversion DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
