@@ -101,19 +101,22 @@ inline void fetch(const PixelSource& s, const char* p, float* v) {
 #define SLICERT_MULTIVERSION __attribute__((noinline))
 #endif
 
-// Up to four source rows per pass: acc is loaded and stored once per 4 rows instead of per row, and
+// Up to eight source rows per pass: acc is loaded and stored once per group instead of per row, and
 // the additions happen in the same order as one pass per row, so the result is the same bits.
 // INIT: acc starts at +0 (as the generic path's cleared buffer does).
 template <typename T, int M, bool INIT>
-SLICERT_MULTIVERSION void affine_rows(const T* __restrict q0, const T* __restrict q1, const T* __restrict q2,
-                                      const T* __restrict q3, float w0, float w1, float w2, float w3, int n,
-                                      pm::Affine f, float* __restrict acc) {
+SLICERT_MULTIVERSION void affine_rows(const T* const* __restrict q, const float* __restrict w, int n, pm::Affine f,
+                                      float* __restrict acc) {
+  const T* __restrict r[M];
+  float wk[M];
+  for (int i = 0; i < M; ++i) {
+    r[i] = q[i];
+    wk[i] = w[i];
+  }
   for (int x = 0; x < n; ++x) {
     float s = INIT ? 0.0f : acc[x];
-    s += w0 * pm::affine_value(static_cast<float>(q0[x]), f);
-    if constexpr (M > 1) s += w1 * pm::affine_value(static_cast<float>(q1[x]), f);
-    if constexpr (M > 2) s += w2 * pm::affine_value(static_cast<float>(q2[x]), f);
-    if constexpr (M > 3) s += w3 * pm::affine_value(static_cast<float>(q3[x]), f);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) s += wk[i] * pm::affine_value(static_cast<float>(r[i][x]), f);
     acc[x] = s;
   }
 }
@@ -121,10 +124,14 @@ SLICERT_MULTIVERSION void affine_rows(const T* __restrict q0, const T* __restric
 template <typename T, bool INIT>
 void affine_rows_m(int m, const T* const* q, const float* w, int n, const pm::Affine& f, float* acc) {
   switch (m) {
-    case 1: return affine_rows<T, 1, INIT>(q[0], q[0], q[0], q[0], w[0], 0, 0, 0, n, f, acc);
-    case 2: return affine_rows<T, 2, INIT>(q[0], q[1], q[1], q[1], w[0], w[1], 0, 0, n, f, acc);
-    case 3: return affine_rows<T, 3, INIT>(q[0], q[1], q[2], q[2], w[0], w[1], w[2], 0, n, f, acc);
-    default: return affine_rows<T, 4, INIT>(q[0], q[1], q[2], q[3], w[0], w[1], w[2], w[3], n, f, acc);
+    case 1: return affine_rows<T, 1, INIT>(q, w, n, f, acc);
+    case 2: return affine_rows<T, 2, INIT>(q, w, n, f, acc);
+    case 3: return affine_rows<T, 3, INIT>(q, w, n, f, acc);
+    case 4: return affine_rows<T, 4, INIT>(q, w, n, f, acc);
+    case 5: return affine_rows<T, 5, INIT>(q, w, n, f, acc);
+    case 6: return affine_rows<T, 6, INIT>(q, w, n, f, acc);
+    case 7: return affine_rows<T, 7, INIT>(q, w, n, f, acc);
+    default: return affine_rows<T, 8, INIT>(q, w, n, f, acc);
   }
 }
 
@@ -169,10 +176,10 @@ void accumulate_span(const PixelSource& s, const pm::AreaSpan& sp, int n, float*
                       reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 &&
                       s.img.sy % static_cast<int64_t>(alignof(T)) == 0;
     if (simd) {
-      for (int k = 0; k < sp.count; k += 4) {
-        const T* q[4];
-        float w[4];
-        const int m = std::min(4, sp.count - k);
+      for (int k = 0; k < sp.count; k += 8) {
+        const T* q[8];
+        float w[8];
+        const int m = std::min(8, sp.count - k);
         for (int i = 0; i < m; ++i) {
           q[i] = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy);
           w[i] = pm::area_weight(sp, k + i);
@@ -248,14 +255,45 @@ void horizontal_uniform(const float* acc, int f, float w, int n, float* out) {
   }
 }
 
-SLICERT_MULTIVERSION void horizontal_pass(const float* __restrict acc, const int* __restrict idx,
-                                          const float* __restrict w, int taps, int n, float* __restrict out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+// 16 outputs at a time held in one register across all their taps (the tap-major loop below reloads
+// and stores every output once per tap). Same multiply, then add, in the same order: same bits.
+__attribute__((target("avx512f"))) void horizontal_pass_avx512(const float* acc, const int* idx, const float* w,
+                                                               int taps, int n, float* out) {
+  int d = 0;
+  for (; d + 16 <= n; d += 16) {
+    __m512 s = _mm512_setzero_ps();
+    for (int k = 0; k < taps; ++k) {
+      const size_t o = static_cast<size_t>(k) * n + d;
+      const __m512 a = _mm512_i32gather_ps(_mm512_loadu_si512(idx + o), acc, 4);
+      s = _mm512_add_ps(s, _mm512_mul_ps(_mm512_loadu_ps(w + o), a));
+    }
+    _mm512_storeu_ps(out + d, s);
+  }
+  for (; d < n; ++d) {
+    float s = 0.0f;
+    for (int k = 0; k < taps; ++k) s += w[static_cast<size_t>(k) * n + d] * acc[idx[static_cast<size_t>(k) * n + d]];
+    out[d] = s;
+  }
+}
+const bool g_have_avx512 = __builtin_cpu_supports("avx512f");
+#endif
+
+SLICERT_MULTIVERSION void horizontal_pass_any(const float* __restrict acc, const int* __restrict idx,
+                                              const float* __restrict w, int taps, int n, float* __restrict out) {
   for (int d = 0; d < n; ++d) out[d] = 0.0f;
   for (int k = 0; k < taps; ++k) {
     const int* ik = idx + static_cast<size_t>(k) * n;
     const float* wk = w + static_cast<size_t>(k) * n;
     for (int d = 0; d < n; ++d) out[d] += wk[d] * acc[ik[d]];
   }
+}
+
+void horizontal_pass(const float* acc, const int* idx, const float* w, int taps, int n, float* out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (g_have_avx512) return horizontal_pass_avx512(acc, idx, w, taps, n, out);
+#endif
+  horizontal_pass_any(acc, idx, w, taps, n, out);
 }
 
 struct Plan {
