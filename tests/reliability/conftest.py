@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def corpus_folder(config: pytest.Config) -> Path:
     env = os.environ.get("SLICERT_CORPUS_DIR")
     if env:
         return Path(env)
-    root = Path(config.cache.mkdir("slicert-corpus")) if config.cache is not None else Path("/tmp/slicert-corpus")
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    root = Path(cache.mkdir("slicert-corpus")) if cache is not None else Path(tempfile.gettempdir()) / "slicert-corpus"
     return root / generate.code_digest()[:16]
 
 
