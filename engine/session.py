@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -187,10 +186,13 @@ class Session:
         self._post: str = out["postprocess"]
         self._num_classes = len(self.labels)
         self._backend = backend
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle.put(backend)
+        # Idle buffer sets. A Condition, not queue.SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
+        # can block forever when another thread takes the item between its wake-up and its re-check
+        # (the recomputed timeout goes negative = infinite); a close() must always wake waiters.
+        self._idle: list = [backend]
+        self._pool = threading.Condition(threading.Lock())
         self._all = [backend]
-        self._fork_lock = threading.Lock()
+        self._n_sets = 1
         self._max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
         self._closed = False
         self._spec_cache: dict[Any, PreprocessSpec] = {}
@@ -215,12 +217,11 @@ class Session:
         """Free the backend's buffers and the bundle mapping. Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        while True:
-            try:
-                b = self._idle.get_nowait()
-            except queue.Empty:
-                break
+        with self._pool:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._pool.notify_all()
+        for b in idle:
             b.deactivate()
         self.bundle.close()
 
@@ -240,24 +241,38 @@ class Session:
                              f"engine.load({str(self.bundle.path)!r})")
 
     def _acquire(self):
+        pool = self._pool
+        with pool:
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                if self._idle:
+                    return self._idle.pop()
+                if self._n_sets < self._max_concurrency and hasattr(self._backend, "fork"):
+                    self._n_sets += 1  # reserved before forking, so concurrent callers cannot overshoot
+                    break
+                pool.wait()  # every buffer set is busy: a release or close() wakes us
         try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        if self._closed:
-            raise self._closed_error()
-        with self._fork_lock:
-            if len(self._all) < self._max_concurrency and hasattr(self._backend, "fork"):
-                twin = self._backend.fork()
-                self._all.append(twin)
-                return twin
-        return self._idle.get()
+            twin = self._backend.fork()  # outside the lock: allocating and warming up takes milliseconds
+        except BaseException:
+            with pool:
+                self._n_sets -= 1
+                pool.notify()
+            raise
+        with pool:
+            self._all.append(twin)
+            if self._closed:
+                twin.deactivate()
+                raise self._closed_error()
+        return twin
 
     def _release(self, backend) -> None:
-        if self._closed:
-            backend.deactivate()
-        else:
-            self._idle.put(backend)
+        with self._pool:
+            if not self._closed:
+                self._idle.append(backend)
+                self._pool.notify()
+                return
+        backend.deactivate()
 
     # -- input resolution ------------------------------------------------------------------------
     def _check_spec(self, spec: PreprocessSpec) -> PreprocessSpec:

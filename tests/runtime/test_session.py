@@ -515,3 +515,34 @@ def test_garbage_model_with_valid_digests_is_a_bundle_error(cls_bundle, tmp_path
 
     with pytest.raises(BundleError, match="onnxruntime cannot load bundle member 'onnx/model.fp32.onnx'"):
         engine.load(_repack_with_model(cls_bundle, tmp_path, Garbage(), "garbage.slicert"))
+
+
+def test_close_while_other_threads_wait_for_buffers(cls_bundle, rng):
+    """At the concurrency limit, callers wait for a free buffer set; close() must wake them with
+    SessionClosed instead of leaving them blocked."""
+    from engine.session import Session, _select_backend
+
+    b = open_bundle(cls_bundle)
+    cls, variant, why = _select_backend(b, "onnxruntime", "fp32", {})
+    backend = cls(b, variant=variant).activate()
+    s = Session(b, backend, why=why, variant=variant, max_concurrency=1)
+    x = rng.integers(0, 4096, size=(64, 64), dtype=np.uint16)
+    outcomes = []
+
+    def worker():
+        try:
+            for _ in range(200):
+                s.run(x)
+            outcomes.append("done")
+        except SessionClosed:
+            outcomes.append("closed")
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    s.close()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outcomes) == 3 and "closed" in outcomes
