@@ -528,21 +528,24 @@ def test_close_while_other_threads_wait_for_buffers(cls_bundle, rng):
     s = Session(b, backend, why=why, variant=variant, max_concurrency=1)
     x = rng.integers(0, 4096, size=(64, 64), dtype=np.uint16)
     outcomes = []
+    started = threading.Barrier(4)
 
     def worker():
+        started.wait()
         try:
-            for _ in range(200):
+            for _ in range(10**6):  # until the session is closed under it
                 s.run(x)
-            outcomes.append("done")
+            outcomes.append("never closed")
         except SessionClosed:
             outcomes.append("closed")
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    started.wait()
+    time.sleep(0.05)  # all three contend for the single buffer set
     s.close()
     for t in threads:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
-    assert len(outcomes) == 3 and "closed" in outcomes
+    assert outcomes == ["closed"] * 3
