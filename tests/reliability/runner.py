@@ -212,7 +212,9 @@ def run_case(case: Case, sessions: Sessions) -> Outcome:
     result = None
     try:
         result = _call(case, sessions)
-    except Exception as exc:  # noqa: BLE001 - judging the type is the point
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - judging the type is the point (pyo3 panics are BaseException)
         raised = exc
     elapsed = time.perf_counter() - t0
     err_type = None if raised is None else f"{type(raised).__module__}.{type(raised).__qualname__}"
@@ -233,6 +235,7 @@ def run_case(case: Case, sessions: Sessions) -> Outcome:
             problem = f"message does not name the problem (expected /{case.match}/): {message[:300]}"
     if problem is None and elapsed > CASE_TIME_BOUND_S:
         problem = f"took {elapsed:.2f} s (bound {CASE_TIME_BOUND_S} s)"
-    if problem is None:
-        problem = sessions.still_usable()
+    unusable = sessions.still_usable()  # checked after every case, failed ones included
+    if unusable:
+        problem = f"{problem}; and {unusable}" if problem else unusable
     return Outcome(case.id, err_type, message, elapsed, problem)
