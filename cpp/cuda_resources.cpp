@@ -23,6 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda_check.cuh"
+#include "postprocess_launch.hpp"
 #include "preprocess_launch.hpp"
 #endif
 
@@ -404,6 +405,28 @@ void preprocess_cuda_into(const py::object& out, const py::object& x, const std:
                      "); SliceRT refuses non-finite pixels instead of guessing a value");
 }
 
+void argmax_mask_cuda_into(const py::object& out, const py::object& logits, const std::vector<long long>& shape,
+                           const std::string& dtype, const Stream& stream) {
+  if (shape.size() != 3 || shape[0] < 1 || shape[0] > 256 || shape[1] < 1 || shape[2] < 1)
+    throw InputError("argmax_mask_cuda_into: shape must be (K, H, W) with 1 <= K <= 256 and H, W >= 1");
+  if (dtype != "float32" && dtype != "float16")
+    throw InputError("argmax_mask_cuda_into: logits dtype must be float32 or float16, got " + dtype);
+  const bool half = dtype == "float16";
+  const size_t plane = static_cast<size_t>(shape[1]) * static_cast<size_t>(shape[2]);
+  const DevicePtr src = device_ptr(logits, "argmax_mask_cuda_into logits");
+  const DevicePtr dst = device_ptr(out, "argmax_mask_cuda_into mask");
+  if (src.buffer && static_cast<size_t>(shape[0]) * plane * (half ? 2 : 4) > src.buffer->nbytes())
+    throw InputError("argmax_mask_cuda_into: (K, H, W) logits exceed the device buffer");
+  if (dst.buffer && plane > dst.buffer->nbytes())
+    throw InputError("argmax_mask_cuda_into: the (H, W) uint8 mask exceeds the device buffer");
+  if (reinterpret_cast<uintptr_t>(src.ptr) % (half ? 2 : 4) != 0)
+    throw InputError("argmax_mask_cuda_into: logits pointer is not aligned to its elements");
+  py::gil_scoped_release nogil;
+  DeviceScope scope(stream.device());
+  launch_argmax_mask(src.ptr, half, static_cast<int>(shape[0]), shape[1], shape[2],
+                     reinterpret_cast<uint8_t*>(dst.ptr), stream.get());
+}
+
 #else  // no CUDA in this build: same names, each refuses with BackendUnavailable.
 
 [[noreturn]] void no_cuda() {
@@ -491,6 +514,9 @@ void bind_cuda_resources(py::module_& m) {
         py::arg("check_finite") = true,
         "Fused preprocessing on the GPU: device input (shape, byte strides, dtype name) -> slot batch_index of a "
         "device output, enqueued on `stream`.");
+  m.def("argmax_mask_cuda_into", &argmax_mask_cuda_into, py::arg("out"), py::arg("logits"), py::arg("shape"),
+        py::arg("dtype"), py::arg("stream"),
+        "Class mask (uint8 H x W) of device logits (K, H, W), enqueued on `stream`.");
   m.def("cuda_prepare", [](const PreparedSpec& ps, int device) {
     require_device(device);
     device_tables(ps, device, false);
@@ -503,6 +529,7 @@ void bind_cuda_resources(py::module_& m) {
   py::class_<CudaGraph>(m, "CudaGraph").def(py::init<>());
   m.def("preprocess_cuda_into", [](py::args, py::kwargs) { no_cuda(); });
   m.def("cuda_prepare", [](py::args, py::kwargs) { no_cuda(); });
+  m.def("argmax_mask_cuda_into", [](py::args, py::kwargs) { no_cuda(); });
 #endif
 }
 

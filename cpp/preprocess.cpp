@@ -265,7 +265,7 @@ __attribute__((target("avx512f"))) void horizontal_pass_avx512(const float* acc,
     __m512 s = _mm512_setzero_ps();
     for (int k = 0; k < taps; ++k) {
       const size_t o = static_cast<size_t>(k) * n + d;
-      const __m512 a = _mm512_i32gather_ps(_mm512_loadu_si512(idx + o), acc, 4);
+      const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, _mm512_loadu_si512(idx + o), acc, 4);
       s = _mm512_add_ps(s, _mm512_mul_ps(_mm512_loadu_ps(w + o), a));
     }
     _mm512_storeu_ps(out + d, s);

@@ -66,6 +66,13 @@ def argmax_mask(logits, *, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def argmax_mask_cuda_into(out, logits, shape: tuple[int, int, int], dtype, stream) -> None:
+    """GPU `argmax_mask`: device logits (K, H, W) float32/float16 -> device uint8 (H, W) mask, enqueued
+    on `stream` (an `engine._native.Stream`); `out`/`logits` are DeviceBuffers (bounds checked) or
+    integer device pointers. Copy the mask back with DeviceBuffer.copy_to_host."""
+    _native.argmax_mask_cuda_into(out, logits, tuple(int(v) for v in shape), np.dtype(dtype).name, stream)
+
+
 def mask_to_source(mask: np.ndarray, src_hw: tuple[int, int], spec: PreprocessSpec, *,
                    out: np.ndarray | None = None) -> np.ndarray:
     """A class mask in model geometry -> uint8 (src_h, src_w) in the source image's geometry.
@@ -114,4 +121,4 @@ def class_areas_mm2(mask: np.ndarray, pixel_spacing_mm: tuple[float, float] | No
     return counts, counts * (row_mm * col_mm)
 
 
-__all__ = ["softmax", "sigmoid", "argmax_mask", "mask_to_source", "class_areas_mm2"]
+__all__ = ["softmax", "sigmoid", "argmax_mask", "argmax_mask_cuda_into", "mask_to_source", "class_areas_mm2"]

@@ -28,6 +28,14 @@ def test_host_and_device_preprocess_share_the_math_header():
         assert re.search(rf"SLICERT_HD\s+\w+\s+{fn}\(", header), f"{fn} must be SLICERT_HD in {MATH_HEADER}"
 
 
+def test_host_and_device_postprocess_share_the_math_header():
+    for path in (ROOT / "cpp" / "postprocess.cpp", ROOT / "kernels" / "postprocess.cu"):
+        assert "postprocess_math.cuh" in _includes(path), f"{path} must include postprocess_math.cuh"
+    header = (ROOT / "kernels" / "postprocess_math.cuh").read_text()
+    for fn in ("argmax_class", "source_to_mask", "half_to_float"):
+        assert re.search(rf"SLICERT_HD\s+\w+\s+{fn}\(", header), f"{fn} must be SLICERT_HD"
+
+
 def test_neither_path_redefines_the_per_pixel_math():
     # The shared functions live only in the header: a copy in a .cpp/.cu would let the paths drift.
     for path in (ROOT / "cpp" / "preprocess.cpp", ROOT / "kernels" / "preprocess.cu"):

@@ -192,3 +192,22 @@ def test_cuda_graph_replays_preprocess_and_events_time_it(rng):
             preprocess_cuda_into(dev_out, dev_in, (256, 256), (1024, 4), np.float32, spec, stream)
         finally:
             graph2.end_capture(stream)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_argmax_matches_cpu(rng, dtype):
+    from engine.postprocess import argmax_mask, argmax_mask_cuda_into
+
+    logits = rng.standard_normal((5, 70, 90)).astype(dtype)
+    stream = _native.Stream()
+    dev_logits = _native.DeviceBuffer(logits.nbytes)
+    dev_logits.copy_from_host(logits, stream)
+    dev_mask = _native.DeviceBuffer(70 * 90)
+    argmax_mask_cuda_into(dev_mask, dev_logits, logits.shape, dtype, stream)
+    got = np.full((70, 90), 255, np.uint8)
+    dev_mask.copy_to_host(got, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(got, argmax_mask(logits))
+    with pytest.raises(InputError, match="exceed"):
+        argmax_mask_cuda_into(dev_mask, dev_logits, (6, 70, 90), dtype, stream)

@@ -1,0 +1,14 @@
+// Host-side interface of the CUDA post-processing kernels (kernels/postprocess.cu).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace slicert {
+
+// Class mask of (K, H, W) logits (float32, or float16 when half_logits) into a uint8 (H, W) mask,
+// enqueued on `stream`. Same per-pixel rule as the CPU path (pm::argmax_class).
+void launch_argmax_mask(const void* logits, bool half_logits, int K, int64_t H, int64_t W, uint8_t* mask,
+                        cudaStream_t stream);
+
+}  // namespace slicert
