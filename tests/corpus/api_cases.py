@@ -226,6 +226,22 @@ def preprocess_cases() -> list[Case]:
                           match=match, why=f"spec {changes} on a {recipe['shape']} image",
                           recipe=recipe, kwargs={"spec": {"make": "spec", "base": "default", "spec": spec_changes}},
                           native=True))
+    # float16 output holds at most 65504: a pass-through (no VOI) of 16-bit detector values must saturate
+    # or be refused, never feed inf to the model
+    for name, changes, recipe in [
+        ("float16-no-voi-uint16-max", {"out_dtype": "float16", "voi_function": "none", "normalize": "none"},
+         _arr("uint16", (SIDE, SIDE), ["fill", 65535])),
+        ("float16-no-voi-int32-large", {"out_dtype": "float16", "voi_function": "none", "normalize": "none"},
+         _arr("int32", (SIDE, SIDE), ["fill", 1_505_919_583])),
+        ("float16-rescale-overflow", {"out_dtype": "float16", "voi_function": "none", "normalize": "none",
+                                      "rescale_slope": 1000.0}, _arr("uint16", (SIDE, SIDE), ["fill", 4095])),
+    ]:
+        cases.append(Case(id=f"preprocess/spec-{name}", group="preprocess", entry="preprocess", expect="InputError",
+                          match=r"float16|65504|range", why=f"spec {changes}: values beyond float16 (refuse, or "
+                                                             f"saturate to a finite value)",
+                          recipe=recipe, kwargs={"spec": {"make": "spec", "base": "default",
+                                                          "spec": {**_spec_dict(), **changes}},
+                                                 "finite_result_ok": True}, native=True))
     for n in (0, -1, 257, "2", True, 2.5, None):
         cases.append(Case(id=f"preprocess/set-num-threads-{n!r}", group="preprocess", entry="set_num_threads",
                           expect="InputError", match=r"n must|set_num_threads", why=f"set_num_threads({n!r})",

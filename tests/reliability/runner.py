@@ -172,6 +172,7 @@ def _call(case: Case, sessions: Sessions) -> Any:
         x = materialize(case.recipe)
         spec = materialize(kw.pop("spec_override", None) or kw.pop("spec"), session.spec)
         kw.pop("spec", None)
+        kw.pop("finite_result_ok", None)
         if case.entry == "preprocess":
             return preprocess.preprocess(x, spec, **kw)
         desc = kw.pop("out")
@@ -227,7 +228,11 @@ def run_case(case: Case, sessions: Sessions) -> Outcome:
             problem = _check_accepted(case, result, sessions)
     else:
         expected = getattr(errors, case.expect)
-        if raised is None:
+        if raised is None and case.kwargs.get("finite_result_ok"):
+            # either answer is right for these: refuse, or return a finite result
+            finite = isinstance(result, np.ndarray) and np.isfinite(result.astype(np.float64)).all()
+            problem = None if finite else "returned non-finite values (inf/NaN) instead of refusing or saturating"
+        elif raised is None:
             problem = f"no error: the call returned {type(result).__name__} for bad input ({case.why})"
         elif not isinstance(raised, expected):
             problem = f"raised {err_type} instead of engine.errors.{case.expect}: {message[:300]}"
