@@ -13,9 +13,25 @@ NaN or Inf in a float32 input raises `InputError`: no value can be displayed for
 defines the chain for finite values only), and a model silently fed a substituted value is worse than
 a refused image.
 
+Semantics decided here (and tested in tests/kernels):
+* voi_function "none" passes the modality output through unscaled; `invert` then mirrors it inside
+  [output_min, output_max] (y' = output_min + output_max - y), as it does after a window.
+* Resampling reproduces cv2.resize: INTER_NEAREST, INTER_LINEAR (half-pixel centres), INTER_AREA
+  (exact box coverage when both axes shrink, OpenCV's area-mode weights otherwise). Letterbox keeps the
+  aspect ratio, centres the content and fills the rest with `pad_value` (VOI units, before
+  normalization); `geometry()` reports the placement and engine.postprocess.mask_to_source inverts it.
+* zscore / minmax use the statistics of the resampled content (never the pad). A flat image (spread
+  <= 1e-6 x max(|values|, output range), i.e. within float32 rounding noise) becomes all zeros.
+* equalize: histogram (4096 bins over [output_min, output_max]) of the displayed ROI pixels, then
+  (cdf - cdf_min) / (N - cdf_min) scaled to the output range, applied before resampling; it needs one
+  grey channel (RGB input must use out_channels=1, equalizing the BT.601 luma).
+* RGB -> grey is BT.601 luma of the displayed channels; grey -> 3 channels replicates.
+
 Per-op precision (float32 output vs a float64 NumPy reference of the DICOM formulas): values are
-computed in float32, so expect |err| <= 1e-5 * (output range) + 1e-5 * |ref|; int32 inputs beyond
-2^24 lose low bits when converted to float32.
+computed in float32, so expect |err| <= 2e-6 * (output range) + 1e-5 * |ref|; int32 inputs beyond
+2^24 lose low bits when converted to float32. float16 output adds one half-precision rounding; int8
+output may differ from a float64 reference by one step where a value sits on a rounding boundary.
+The same image gives the same bits whatever its strides and the thread count.
 """
 from __future__ import annotations
 
