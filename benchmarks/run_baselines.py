@@ -7,7 +7,8 @@ Per input set and thread budget, one process runs (1) PyTorch eager teacher, (2)
 (3) ONNX Runtime student (all three with the user preprocessing of benchmarks/baselines.py) and (4) the
 SliceRT bundle, interleaved round by round (A B C D A B C D ...), so a busy neighbour slows all four
 alike. Ratios are of medians and, per round, paired (median with a bootstrap 95 % CI). Every run's raw
-samples go to benchmarks/results/*.json (schema slicert.bench v1, engine/bench/SCHEMA.md).
+samples go to .benchmarks/baselines/*.json (git-ignored; schema slicert.bench v1, engine/bench/SCHEMA.md);
+`--report-only` rebuilds RESULTS.md from them.
 
 The Python overhead of Session.run is measured separately: Session.run(raw array) interleaved with the
 same backend calls made directly (backend.stage + backend.infer + the same post-processing math).
@@ -192,7 +193,7 @@ def section(run: BenchmarkRun) -> list[str]:
         f"### {title}",
         "",
         f"Input: {run.configurations[0].meta.get('input')}.  ",
-        f"Raw samples: `benchmarks/results/{json_name}`. User-vs-SliceRT model input agreement on the "
+        f"Raw samples: `{json_name}`. User-vs-SliceRT model input agreement on the "
         f"first input: max |diff| {agreement['max_abs_diff']:.2g} over a value range of "
         f"{agreement['value_range']:.3g}.",
         "",
@@ -342,10 +343,17 @@ def write_results(
     lines = [
         "# SliceRT benchmark results",
         "",
-        f"Latest run finished {finished}. Reproduce with:",
+        f"Latest run finished {finished}. Reproduce it with:",
         "",
         "```",
         " ".join(shlex.quote(a) for a in command),
+        "```",
+        "",
+        "Final numbers (quiet machine, trained zoo from `slicert export --out slicert-models`; bundles are "
+        "quantized and built when the zoo has none), one command:",
+        "",
+        "```",
+        "python benchmarks/run_baselines.py --zoo slicert-models --build-bundles --force",
         "```",
         "",
     ]
@@ -433,6 +441,13 @@ def _cv2_version() -> str:
         return "not installed"
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def read_runs(json_dir: Path) -> tuple[list[BenchmarkRun], list[BenchmarkRun]]:
     """(baseline runs, overhead runs) written by an earlier measurement into json_dir."""
     runs, overhead_runs = [], []
@@ -478,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-images", type=int, default=16)
     ap.add_argument("--overhead-n", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--json-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    # Raw samples (~1 MB per full run) stay out of git: .benchmarks/ is ignored, RESULTS.md is the record.
+    ap.add_argument("--json-dir", type=Path, default=ROOT / ".benchmarks" / "baselines")
     ap.add_argument("--quick", action="store_true", help="smoke run: n=20, warm-up 3, overhead n=200")
     ap.add_argument(
         "--report-only",
@@ -524,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
             for th in budgets:
                 order += 1
                 title = f"{dataset}: {inputs.name}"
-                json_name = f"{dataset}-{'real' if inputs.real else 'simulated'}-{th}t.json"
+                json_name = _rel(
+                    args.json_dir / f"{dataset}-{'real' if inputs.real else 'simulated'}-{th}t.json"
+                )
                 print(
                     f"[{title}, {th} thread(s)] {args.n} interleaved rounds ...", file=sys.stderr, flush=True
                 )
@@ -551,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
                     continue
                 run.command = command
-                report.write_json(run, args.json_dir / json_name, force=True, reference=SHORT[1])
+                report.write_json(run, ROOT / json_name, force=True, reference=SHORT[1])
                 runs.append(run)
                 report.render_table(run, reference=SHORT[1])
         x = _simulated(dataset, 1).items[0]

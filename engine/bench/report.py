@@ -119,8 +119,27 @@ def from_dict(d: dict[str, Any]) -> BenchmarkRun:
 def write_json(
     run: BenchmarkRun, path: str | os.PathLike[str], *, force: bool = False, reference: str | None = None
 ) -> Path:
-    text = json.dumps(to_dict(run, reference=reference), indent=1, allow_nan=False) + "\n"
-    return atomic_write_text(path, text, force=force, what="JSON report")
+    return atomic_write_text(path, dumps(to_dict(run, reference=reference)), force=force, what="JSON report")
+
+
+def dumps(d: dict[str, Any]) -> str:
+    """Indented JSON, except that each raw-sample series stays on one line (readable and ~3x smaller)."""
+    series: dict[str, str] = {}
+    shallow = dict(d)
+    shallow["configurations"] = []
+    for i, c in enumerate(d.get("configurations", [])):
+        c = dict(c)
+        packed = {}
+        for k, v in c.get("samples_ns", {}).items():
+            key = f"@@samples_{i}_{len(series)}@@"
+            series[key] = json.dumps(v, separators=(",", ":"))
+            packed[k] = key
+        c["samples_ns"] = packed
+        shallow["configurations"].append(c)
+    text = json.dumps(shallow, indent=1, allow_nan=False)
+    for key, value in series.items():
+        text = text.replace(f'"{key}"', value, 1)
+    return text + "\n"
 
 
 def read_json(path: str | os.PathLike[str]) -> BenchmarkRun:
