@@ -249,3 +249,8 @@ def test_cli_cine_input_runs_pre_decoded_frames(cli, tiny_bundle, tmp_path):
     c = json.loads(out.read_text())["configurations"][0]
     assert c["meta"]["frames"] == 30 and c["meta"]["input_shape"] == [600, 800, 3]
     assert set(c["samples_ns"]["decode"]) == {0}  # decoded before timing; RGB -> grey by the spec from DICOM
+
+
+def test_cli_unavailable_backend_is_typed(cli, tiny_bundle):
+    r = cli(tiny_bundle, "--backend", "tensorrt", "--n", "1", "--cold-start-repeats", "0")
+    assert r.exit_code == 2 and "BackendUnavailable" in r.output and "onnxruntime" in r.output
