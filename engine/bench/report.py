@@ -170,6 +170,16 @@ def _series_order(c: ConfigResult, stats: dict[str, Any]) -> list[str]:
     return [TOTAL] + [s for s in c.stages if s not in _idle_stages(c)] + ([OTHER] if OTHER in stats else [])
 
 
+TAIL_SAMPLES = 1000  # below this, p99.9 is an interpolation between the two largest samples
+
+
+def _tail_note(c: ConfigResult) -> str | None:
+    n = int(c.samples_ns[TOTAL].size)
+    if n >= TAIL_SAMPLES:
+        return None
+    return f"p99.9 from {n} < {TAIL_SAMPLES} samples is an interpolation of the largest ones, not a measured tail"
+
+
 def _idle_stages(c: ConfigResult) -> list[str]:
     return [s for s in c.stages if not np.any(c.samples_ns[s])]
 
@@ -209,9 +219,15 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
                 f"{jit:.2f}" if jit is not None else "-",
                 style="bold" if s == TOTAL else None,
             )
+        notes = []
         idle = _idle_stages(c)
         if idle:
-            lat.caption = f"0 on every call (not shown): {', '.join(idle)}"
+            notes.append(f"0 on every call (not shown): {', '.join(idle)}")
+        tail_note = _tail_note(c)
+        if tail_note:
+            notes.append(tail_note)
+        if notes:
+            lat.caption = "; ".join(notes)
             lat.caption_justify = "left"
         console.print(lat)
     summary = Table(title="Per configuration", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
@@ -348,10 +364,12 @@ def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str =
         ]
         for e in comps:
             lines.append(f"| {e['name']} | {e['reference']} | {e['speedup_p50']:.2f}x | {_paired_txt(e)} |")
+    tail_notes = {_tail_note(c) for c in run.configurations} - {None}
     lines += [
         "",
         f"Cold start: {s.get('cold_start')}. Peak RSS is the process high-water mark "
         "(shared by all configurations of the run).",
+        *(f"{t}." for t in sorted(tail_notes)),
         "",
     ]
     return "\n".join(lines)

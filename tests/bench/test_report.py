@@ -137,3 +137,8 @@ def test_markdown_and_table_list_every_stage(run, tmp_path):
     report.render_table(run, console=console)
     text = console.export_text()
     assert "numpy-a" in text and "numpy-b" in text and "p99.9" in text and "postprocess" in text
+
+
+def test_short_runs_say_their_p99_9_is_not_a_measured_tail(run):
+    md = report.to_markdown(run)
+    assert "p99.9 from 25 < 1000 samples" in md
