@@ -177,7 +177,8 @@ def _tail_note(c: ConfigResult) -> str | None:
     n = int(c.samples_ns[TOTAL].size)
     if n >= TAIL_SAMPLES:
         return None
-    return f"p99.9 from {n} < {TAIL_SAMPLES} samples is an interpolation of the largest ones, not a measured tail"
+    return (f"p99.9 from {n} < {TAIL_SAMPLES} samples is an interpolation of the largest ones, "
+            f"not a measured tail")
 
 
 def _idle_stages(c: ConfigResult) -> list[str]:
