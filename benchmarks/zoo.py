@@ -4,11 +4,11 @@
 export for baseline 2), the FP32 student ONNX (baseline 3) and the SliceRT bundle with the INT8 / mixed
 student (baseline 4), plus the model's PreprocessSpec, labels and VOI policy.
 
-The trained zoo (`from_zoo()`) is the toolchain's output directory (`slicert export --out DIR`, layout in
-tools/pipeline.py): DIR/<task>/weights/teacher.pt, DIR/<task>/teacher/model.onnx,
-DIR/<task>/student/model.onnx,
-plus a bundle of the quantized student found next to them (or built with `build_missing=True`:
-`slicert quantize` + `slicert build --target cpu` into a work directory).
+The trained zoo (`from_zoo()`) is the toolchain's output directory (`slicert export --out DIR`; layout
+in tools/pipeline.py: DIR/<task>/weights/teacher.pt, DIR/<task>/teacher/model.onnx,
+DIR/<task>/student/model.onnx) or a `slicert demo --out DIR` directory (toolchain in DIR/toolchain,
+bundles in DIR/bundles), plus a bundle of the quantized student found next to them (or built with
+`build_missing=True`: `slicert quantize` + `slicert build --target cpu` into a work directory).
 
 Stand-ins (`standin()`) use the zoo's own architectures (tools.models) with seeded, UNTRAINED weights,
 exported with torch.onnx and quantized to INT8 Q/DQ with ONNX Runtime on random calibration data.
@@ -169,7 +169,9 @@ def from_zoo(dataset: str, zoo_dir: Path, *, workdir: Path, build_missing: bool 
     """The trained models of `dataset` from a toolchain output directory (see the module docstring)."""
     from tools.data import _module
 
-    d = zoo_dir / dataset
+    # `slicert demo --out DIR` nests the toolchain under DIR/toolchain and puts bundles in DIR/bundles.
+    root = zoo_dir / "toolchain" if (zoo_dir / "toolchain" / dataset).is_dir() else zoo_dir
+    d = root / dataset
     teacher_pt = d / "weights" / "teacher.pt"
     needed = {
         "teacher weights": teacher_pt,
@@ -185,7 +187,7 @@ def from_zoo(dataset: str, zoo_dir: Path, *, workdir: Path, build_missing: bool 
         )
     meta = json.loads((d / "student" / "model.json").read_text())
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    bundle = _find_bundle(dataset, zoo_dir)
+    bundle = _find_bundle(dataset, zoo_dir) or _find_bundle(dataset, root)
     notes = []
     if bundle is None:
         if not build_missing:
