@@ -1,4 +1,4 @@
-"""End-to-end latency per slice: the four pipelines of benchmarks/baselines.py as pytest-benchmark suites.
+"""End-to-end latency per slice: the four pipelines of tools/baselines.py as pytest-benchmark suites.
 
     python -m pytest benchmarks/bench_end_to_end.py --benchmark-only            # tables + JSON (.benchmarks/)
     python -m pytest benchmarks/bench_end_to_end.py --benchmark-disable -q      # smoke: each body once
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import baselines as bl  # noqa: E402
-from benchmarks import zoo  # noqa: E402
+from tools import baselines as bl  # noqa: E402
+from tools import zoo  # noqa: E402
 from engine.bench.configs import synthetic_image  # noqa: E402
 
 THREADS = int(os.environ.get("SLICERT_BENCH_THREADS", "1"))

@@ -4,7 +4,7 @@
     python benchmarks/run_baselines.py --quick --out /tmp/r.md  # a 1-minute smoke run
 
 Per input set and thread budget, one process runs (1) PyTorch eager teacher, (2) ONNX Runtime teacher,
-(3) ONNX Runtime student (all three with the user preprocessing of benchmarks/baselines.py) and (4) the
+(3) ONNX Runtime student (all three with the user preprocessing of tools/baselines.py) and (4) the
 SliceRT bundle, interleaved round by round (A B C D A B C D ...), so a busy neighbour slows all four
 alike. Ratios are of medians and, per round, paired (median with a bootstrap 95 % CI). Every run's raw
 samples go to .benchmarks/baselines/*.json (git-ignored; schema slicert.bench v1, engine/bench/SCHEMA.md);
@@ -29,8 +29,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks import baselines as bl  # noqa: E402
-from benchmarks import zoo  # noqa: E402
+from tools import baselines as bl  # noqa: E402
+from tools import zoo  # noqa: E402
+from tools.baselines import CINE, CR_FILE, SHORT, TASKS, _simulated, configs_for, input_sets  # noqa: E402,F401
 from engine.bench import report  # noqa: E402
 from engine.bench.files import atomic_write_text, check_output_path  # noqa: E402
 from engine.bench.runner import TOTAL, BenchmarkRun, run_benchmark  # noqa: E402
@@ -38,83 +39,18 @@ from engine.bench.stats import paired_difference  # noqa: E402
 from engine.bench.timing import TimingPolicy  # noqa: E402
 
 GOALS = {"vs_torch": 5.0, "vs_ort_teacher": 2.5, "jitter": 1.3, "overhead_us": 30.0}
-CR_FILE = "RG1_UNCR.dcm"
-CINE = "ultrasounds/ultrasound-multiframe.dcm"  # in deid-data
-TASKS = {"cxr_nodule": "real chest CR", "us_phantom": "real ultrasound cine"}
-SHORT = {
-    1: "(1) PyTorch eager teacher FP32",
-    2: "(2) ORT teacher FP32",
-    3: "(3) ORT student FP32",
-    4: "(4) SliceRT",
-}
 
 
-def _cine_path() -> Path:
-    import deid_data
-
-    return Path(deid_data.__file__).parent / "data" / CINE
 
 
-def _cr_path() -> str:
-    from pydicom.data import get_testdata_file
-
-    p = get_testdata_file(CR_FILE, download=False)
-    if p is None:
-        raise SystemExit(f"{CR_FILE} not found: pip install pydicom-data")
-    return p
 
 
-def _simulated(dataset: str, count: int) -> bl.InputSet:
-    from tools.data import load_dataset
-
-    ds = load_dataset(dataset, fast=True, seed=0)
-    images = ds.splits["test"].images[:count]
-    return bl.raw_images(
-        f"{dataset} test split (simulated)",
-        list(images),
-        f"{len(images)} simulated {dataset} test-split images {images.shape[1:]} {images.dtype} "
-        f"(tools.data, fast=True, seed 0), cycled",
-    )
 
 
-def input_sets(art: zoo.Artifacts, n_sim: int) -> list[tuple[bl.InputSet, Any]]:
-    """(input set, PreprocessSpec SliceRT applies to it) for a task: the real input, then simulated."""
-    import engine.dicom
-
-    out = []
-    if art.dataset == "cxr_nodule":
-        real = bl.cr_file(_cr_path())
-        out.append((real, engine.dicom.read(real.items[0]).spec_for(art.spec, "dicom")))
-    elif art.dataset == "us_phantom":
-        real = bl.cine_frames(_cine_path())
-        out.append((real, real.slices[0].spec_for(art.spec, "dicom")))
-    sim = _simulated(art.dataset, n_sim)
-    out.append((sim, art.spec))
-    return out
 
 
-def slicert_precisions(bundle: Path, precision: str) -> list[str]:
-    """`precision`, or with "best": the bundle's int8 and mixed variants (whichever exist), else "best"."""
-    if precision != "best":
-        return [precision]
-    from engine.bundle import open_bundle
-
-    with open_bundle(bundle) as b:
-        have = [v for v in ("int8", "mixed") if v in b.variants]
-    return have or ["best"]
 
 
-def configs_for(art: zoo.Artifacts, inputs: bl.InputSet, threads: int, precision: str) -> list[Any]:
-    cfgs = [
-        bl.torch_eager(SHORT[1], art.teacher_module, inputs, art.spec, art.task, threads=threads),
-        bl.onnxruntime_user(SHORT[2], art.teacher_onnx, inputs, art.spec, art.task, threads=threads),
-        bl.onnxruntime_user(SHORT[3], art.student_onnx, inputs, art.spec, art.task, threads=threads),
-    ]
-    for p in slicert_precisions(art.bundle, precision):
-        cfgs.append(
-            bl.slicert(f"{SHORT[4]} {p}", art.bundle, inputs, threads=threads, load_kwargs={"precision": p})
-        )
-    return cfgs
 
 
 def overhead(

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import baselines as bl  # noqa: E402
+from tools import baselines as bl  # noqa: E402
 from engine.bench.runner import run_benchmark  # noqa: E402
 from engine.spec import PreprocessSpec  # noqa: E402
 

@@ -165,8 +165,10 @@ def _find_bundle(dataset: str, zoo_dir: Path) -> Path | None:
     return None
 
 
-def from_zoo(dataset: str, zoo_dir: Path, *, workdir: Path, build_missing: bool = False) -> Artifacts:
-    """The trained models of `dataset` from a toolchain output directory (see the module docstring)."""
+def from_zoo(dataset: str, zoo_dir: Path, *, workdir: Path, build_missing: bool = False,
+             bundle: Path | None = None) -> Artifacts:
+    """The trained models of `dataset` from a toolchain output directory (see the module docstring);
+    `bundle` names the SliceRT bundle explicitly instead of searching the zoo for one."""
     from tools.data import _module
 
     # `slicert demo --out DIR` nests the toolchain under DIR/toolchain and puts bundles in DIR/bundles.
@@ -187,7 +189,7 @@ def from_zoo(dataset: str, zoo_dir: Path, *, workdir: Path, build_missing: bool 
         )
     meta = json.loads((d / "student" / "model.json").read_text())
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    bundle = _find_bundle(dataset, zoo_dir) or _find_bundle(dataset, root)
+    bundle = bundle or _find_bundle(dataset, zoo_dir) or _find_bundle(dataset, root)
     notes = []
     if bundle is None:
         if not build_missing:

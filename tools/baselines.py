@@ -20,13 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.bench.configs import SessionConfig
 from engine.bench.runner import Pipeline
 from engine.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from tools import zoo
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -446,3 +449,122 @@ def input_agreement(
         ours = preprocess(item, spec_slicert)
     ours = np.asarray(ours, dtype=np.float32).reshape(user.shape)
     return {"max_abs_diff": float(np.max(np.abs(user - ours))), "value_range": float(user.max() - user.min())}
+
+
+# -- the input sets and configurations of one benchmark run (benchmarks/run_baselines.py, slicert demo) --
+CR_FILE = "RG1_UNCR.dcm"
+CINE = "ultrasounds/ultrasound-multiframe.dcm"  # in deid-data
+TASKS = {"cxr_nodule": "real chest CR", "us_phantom": "real ultrasound cine"}
+SHORT = {
+    1: "(1) PyTorch eager teacher FP32",
+    2: "(2) ORT teacher FP32",
+    3: "(3) ORT student FP32",
+    4: "(4) SliceRT",
+}
+
+
+def _cine_path() -> Path:
+    import deid_data
+
+    return Path(deid_data.__file__).parent / "data" / CINE
+
+def _cr_path() -> str:
+    from pydicom.data import get_testdata_file
+
+    p = get_testdata_file(CR_FILE, download=False)
+    if p is None:
+        raise SystemExit(f"{CR_FILE} not found: pip install pydicom-data")
+    return p
+
+def _simulated(dataset: str, count: int) -> InputSet:
+    from tools.data import load_dataset
+
+    ds = load_dataset(dataset, fast=True, seed=0)
+    images = ds.splits["test"].images[:count]
+    return raw_images(
+        f"{dataset} test split (simulated)",
+        list(images),
+        f"{len(images)} simulated {dataset} test-split images {images.shape[1:]} {images.dtype} "
+        f"(tools.data, fast=True, seed 0), cycled",
+    )
+
+def input_sets(art: "zoo.Artifacts", n_sim: int) -> list[tuple[InputSet, Any]]:
+    """(input set, PreprocessSpec SliceRT applies to it) for a task: the real input, then simulated."""
+    import engine.dicom
+
+    out = []
+    if art.dataset == "cxr_nodule":
+        real = cr_file(_cr_path())
+        out.append((real, engine.dicom.read(real.items[0]).spec_for(art.spec, "dicom")))
+    elif art.dataset == "us_phantom":
+        real = cine_frames(_cine_path())
+        out.append((real, real.slices[0].spec_for(art.spec, "dicom")))
+    sim = _simulated(art.dataset, n_sim)
+    out.append((sim, art.spec))
+    return out
+
+def slicert_precisions(bundle: Path, precision: str) -> list[str]:
+    """`precision`, or with "best": the bundle's int8 and mixed variants (whichever exist), else "best"."""
+    if precision != "best":
+        return [precision]
+    from engine.bundle import open_bundle
+
+    with open_bundle(bundle) as b:
+        have = [v for v in ("int8", "mixed") if v in b.variants]
+    return have or ["best"]
+
+def configs_for(art: "zoo.Artifacts", inputs: InputSet, threads: int, precision: str) -> list[Any]:
+    cfgs = [
+        torch_eager(SHORT[1], art.teacher_module, inputs, art.spec, art.task, threads=threads),
+        onnxruntime_user(SHORT[2], art.teacher_onnx, inputs, art.spec, art.task, threads=threads),
+        onnxruntime_user(SHORT[3], art.student_onnx, inputs, art.spec, art.task, threads=threads),
+    ]
+    for p in slicert_precisions(art.bundle, precision):
+        cfgs.append(
+            slicert(f"{SHORT[4]} {p}", art.bundle, inputs, threads=threads, load_kwargs={"precision": p})
+        )
+    return cfgs
+
+
+# -- slicert demo, step 6 ------------------------------------------------------------------------------
+DEMO_TASKS = ("cxr_nodule", "us_phantom")
+
+
+def benchmark_demo(out: Path, toolchain: dict[str, Any], *, n: int, warmup: int = 10, threads: int = 1,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The four configurations, interleaved, on each zoo task's REAL input (chest CR decoded per call;
+    echo cine frames), using the demo's own toolchain output and bundles. Writes bench/<task>.json,
+    .md and .png under `out` and returns the headline rows (p50 ms, p99/p50, speed-ups vs (1) and (2))."""
+    from engine.bench import report
+    from engine.bench.runner import TOTAL, run_benchmark
+    from engine.envinfo import environment
+    from tools import zoo
+
+    bench_dir = Path(out) / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    rows: list[list[Any]] = []
+    md: list[str] = []
+    plots: list[str] = []
+    for dataset in DEMO_TASKS:
+        art = zoo.from_zoo(dataset, Path(toolchain["out_dir"]), workdir=bench_dir,
+                           bundle=Path(out) / "bundles" / f"{dataset}.slicert")
+        inputs, _spec = input_sets(art, 1)[0]  # the real input of this task
+        say(f"{dataset}: {n} interleaved rounds on {inputs.name}, {threads} thread(s)")
+        run = run_benchmark(configs_for(art, inputs, threads, "best"), n=n, warmup=warmup, environment=env,
+                            extra_settings={"input": inputs.description, "threads": threads})
+        report.write_json(run, bench_dir / f"{dataset}.json", force=True, reference=SHORT[1])
+        md.append(report.to_markdown(run, reference=SHORT[1], title=f"{dataset}: {inputs.name}"))
+        try:
+            plots.append(str(report.write_plot(run, bench_dir / f"{dataset}.png", force=True)))
+        except ImportError as exc:  # matplotlib is the optional [plot] extra
+            say(f"no plot: {exc}")
+        p50 = {c.name: c.stats()[TOTAL]["p50"] for c in run.configurations}
+        for c in run.configurations:
+            s = c.stats()[TOTAL]
+            rows.append([dataset, inputs.name, c.name, f"{s['p50']:.2f}", f"{s['jitter_p99_p50']:.2f}",
+                         f"{p50[SHORT[1]] / s['p50']:.1f}x", f"{p50[SHORT[2]] / s['p50']:.1f}x"])
+    return {"threads": threads, "n": n, "plot": plots[0] if plots else None, "plots": plots,
+            "headline": {"columns": ["task", "input", "pipeline", "p50 ms", "p99/p50", "vs (1)", "vs (2)"],
+                         "rows": rows},
+            "markdown": "\n\n".join(md)}
