@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #endif
@@ -304,6 +305,9 @@ struct Plan {
   int cw;
   char* out_slot;  // batch slot b of the output tensor
   float stat_shift = 0.0f, stat_div = 1.0f;
+  // float16 output: a value that would round to Inf (see pm::kHalfOverflow); the call then raises.
+  mutable std::atomic<bool> half_overflow{false};
+  mutable std::atomic<float> half_overflow_value{0.0f};
 };
 
 // Output conversion of one contiguous run of normalized values.
@@ -349,7 +353,15 @@ void store_row(const Plan& pl, int oy, const float* row) {
   for (int c = 0; c < C; ++c) pm::normalize_params(c, ps.output, pl.stat_shift, pl.stat_div, &shift[c], &div[c]);
   auto emit = [&](const float* vals, char* dst, int n) {
     if (od == pm::OUT_F32) convert_f32(vals, dst, n);
-    else if (od == pm::OUT_F16) convert_f16(vals, dst, n);
+    else if (od == pm::OUT_F16) {
+      for (int i = 0; i < n; ++i)
+        if (!(std::fabs(vals[i]) < pm::kHalfOverflow)) {
+          pl.half_overflow_value.store(vals[i]);
+          pl.half_overflow.store(true);
+          break;
+        }
+      convert_f16(vals, dst, n);
+    }
     else convert_i8(vals, reinterpret_cast<int8_t*>(dst), n, ps.output);
   };
   if (ps.nhwc) {
@@ -651,6 +663,10 @@ void preprocess_cpu(const PreparedSpec& ps, const SourceImage& full, char* out_s
     case pm::IN_F32: run_dtype<pm::IN_F32>(ps, pl); break;
     default: throw InputError("unsupported input dtype");
   }
+  if (pl.half_overflow.load())
+    throw InputError("out_dtype=float16: an output value (" + std::to_string(pl.half_overflow_value.load()) +
+                     ") is beyond the float16 range |x| <= 65504 and would reach the model as Inf; window the input "
+                     "(voi_function), normalize it, or use float32 output");
 }
 
 }  // namespace slicert

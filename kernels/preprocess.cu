@@ -66,7 +66,8 @@ __device__ __forceinline__ void store(const CudaPreprocessArgs& a, int oy, int o
     const int64_t idx = a.nhwc ? (static_cast<int64_t>(oy) * W + ox) * C + c
                                : (static_cast<int64_t>(c) * H + oy) * W + ox;
     if (a.output.out_dtype == pm::OUT_F32) reinterpret_cast<float*>(a.out_slot)[idx] = val;
-    else if (a.output.out_dtype == pm::OUT_F16) reinterpret_cast<uint16_t*>(a.out_slot)[idx] = pm::float_to_half(val);
+    else if (a.output.out_dtype == pm::OUT_F16)
+      reinterpret_cast<uint16_t*>(a.out_slot)[idx] = pm::float_to_half(pm::saturate_half(val));
     else reinterpret_cast<int8_t*>(a.out_slot)[idx] = pm::quantize_int8(val, a.output);
   }
 }

@@ -377,6 +377,14 @@ SLICERT_HD uint16_t float_to_half(float f) {
   return static_cast<uint16_t>(sign | h);
 }
 
+// |x| >= 65520 rounds to Inf in binary16. A model fed Inf is silently wrong, so the CPU path refuses
+// such outputs (InputError); the CUDA path cannot refuse without synchronizing the stream, so it
+// saturates to the largest finite half (+-65504) instead. Either way no Inf reaches the model.
+constexpr float kHalfOverflow = 65520.0f;
+constexpr float kHalfMax = 65504.0f;
+
+SLICERT_HD float saturate_half(float v) { return v > kHalfMax ? kHalfMax : (v < -kHalfMax ? -kHalfMax : v); }
+
 // int8 model input: q = clamp(round_half_even(x / scale) + zero_point, -128, 127), as ONNX
 // QuantizeLinear defines it.
 SLICERT_HD int8_t quantize_int8(float v, const OutputParams& o) {

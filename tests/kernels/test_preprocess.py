@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine import _native
+from engine.errors import InputError
 from engine.preprocess import geometry, preprocess, preprocess_into, set_num_threads
 from engine.spec import PreprocessSpec
 
@@ -197,14 +198,23 @@ def test_int8_saturates_and_rounds_half_to_even():
     np.testing.assert_array_equal(run_poisoned(x, spec)[0, 0, 0], [0, 2, 2, 0])  # 0.5->0, 1.5->2, 2.5->2, -0.5->0
 
 
-def test_float16_rounding_and_overflow():
-    vals = np.array([[1.0, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 65504.0, 65520.0, 1e-8, -3e-5, 70000.0]],
+def test_float16_rounding():
+    vals = np.array([[1.0, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 65504.0, 65519.0, -65519.0, 1e-8, -3e-5, 6e-8]],
                     dtype=np.float32)
     spec = PreprocessSpec(out_height=1, out_width=vals.shape[1], resize="nearest", out_dtype="float16")
     got = run_poisoned(vals, spec)[0, 0, 0]
-    with np.errstate(over="ignore"):  # 65520 and 70000 overflow to Inf, as they must
-        expected = vals[0].astype(np.float16)
-    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+    np.testing.assert_array_equal(got.view(np.uint16), vals[0].astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("value", [65520.0, -70000.0, 1e30])
+def test_float16_overflow_is_refused_not_inf(value):
+    # 16-bit detector values passed through without a window do not fit float16: refuse, never feed Inf.
+    x = np.array([[1.0, value, 3.0]], dtype=np.float32)
+    spec = PreprocessSpec(out_height=1, out_width=3, resize="nearest", out_dtype="float16")
+    with pytest.raises(InputError, match="float16 range .*65504"):
+        preprocess(x, spec)
+    with pytest.raises(InputError, match="float16 range"):
+        preprocess(np.full((8, 8), 65535, np.uint16), spec.replace(out_width=4, out_height=4, resize="area"))
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32], ids=lambda d: np.dtype(d).name)

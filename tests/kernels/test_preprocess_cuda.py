@@ -211,3 +211,12 @@ def test_cuda_argmax_matches_cpu(rng, dtype):
     np.testing.assert_array_equal(got, argmax_mask(logits))
     with pytest.raises(InputError, match="exceed"):
         argmax_mask_cuda_into(dev_mask, dev_logits, (6, 70, 90), dtype, stream)
+
+
+@pytest.mark.gpu
+def test_cuda_float16_saturates_instead_of_inf():
+    # The CPU path refuses these (InputError); the device path cannot without a sync, so it saturates.
+    x = np.array([[1.0, 70000.0, -1e30, 3.0]], dtype=np.float32)
+    spec = PreprocessSpec(out_height=1, out_width=4, resize="nearest", out_dtype="float16")
+    got = run_cuda(x, spec)[0, 0, 0].astype(np.float32)
+    np.testing.assert_array_equal(got, [1.0, 65504.0, -65504.0, 3.0])

@@ -124,7 +124,10 @@ def test_native_rechecks_a_spec_mutated_after_validation(image):
     # A frozen spec can still be forced; the native side must not trust it.
     for field, value, message in (("window_width", 0.25, "window_width"), ("rescale_slope", float("nan"), "rescale_slope"),
                                   ("rescale_slope", 1e300, "float32"), ("output_max", -1.0, "output_max"),
-                                  ("resize", "lanczos", "resize")):
+                                  ("resize", "lanczos", "resize"), ("window_center", "40", "window_center"),
+                                  ("voi_lut_first_mapped", 10**30, "voi_lut_first_mapped"),
+                                  ("roi", (10**30,) * 4, "roi"), ("invert", None, "invert"),
+                                  ("mean", "0.5", "mean")):
         spec = PreprocessSpec(out_height=8, out_width=8, voi_function="linear", window_center=10, window_width=20)
         object.__setattr__(spec, field, value)
         with pytest.raises(InputError, match=message):
