@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.postprocess import argmax_mask, class_areas_mm2, mask_to_source, sigmoid, softmax
+from engine.postprocess import (argmax_mask, argmax_mask_into, class_areas_mm2, mask_to_source, sigmoid, softmax,
+                                source_class_areas_mm2, source_mapping)
 from engine.preprocess import geometry, preprocess
 from engine.spec import PreprocessSpec
 
@@ -89,6 +90,131 @@ def test_class_areas(rng):
     np.testing.assert_allclose(areas, counts * 0.125)
     counts5, none = class_areas_mm2(mask, None, 6)
     assert none is None and counts5.shape == (6,) and counts5[4:].sum() == 0
+
+
+def _nearest(src_len: int, dst_len: int) -> np.ndarray:
+    # OpenCV INTER_NEAREST: source index floor(d * scale), scale = 1 / (dst / src), clamped.
+    return np.minimum(np.floor(np.arange(dst_len) * (1.0 / (dst_len / src_len))).astype(np.int64), src_len - 1)
+
+
+def _numpy_to_source(mask, src_hw, spec):
+    """Independent NumPy reference of mask_to_source: ROI pixel -> content pixel -> output pixel -> mask."""
+    (y0, x0, h, w) = geometry(src_hw, spec)["roi"]
+    top, left, ch, cw = geometry(src_hw, spec)["content"]
+    rows = _nearest(mask.shape[0], spec.out_height)[top + _nearest(ch, h)]
+    cols = _nearest(mask.shape[1], spec.out_width)[left + _nearest(cw, w)]
+    out = np.zeros(src_hw, np.uint8)
+    out[y0:y0 + h, x0:x0 + w] = mask[rows[:, None], cols[None, :]]
+    return out
+
+
+def _random_geometry(rng):
+    src_hw = (int(rng.integers(1, 260)), int(rng.integers(1, 260)))
+    out_h, out_w = int(rng.integers(1, 97)), int(rng.integers(1, 97))
+    roi = None
+    if rng.random() < 0.5:
+        y0, x0 = int(rng.integers(0, src_hw[0])), int(rng.integers(0, src_hw[1]))
+        roi = (y0, x0, int(rng.integers(1, src_hw[0] - y0 + 1)), int(rng.integers(1, src_hw[1] - x0 + 1)))
+    spec = PreprocessSpec(out_height=out_h, out_width=out_w, letterbox=bool(rng.random() < 0.5), roi=roi)
+    # Heads at the input size, a stride (smaller) or larger: non-integer scale factors throughout.
+    mask_hw = (int(rng.integers(1, 2 * out_h + 2)), int(rng.integers(1, 2 * out_w + 2)))
+    return src_hw, spec, mask_hw
+
+
+def test_source_counts_equal_full_resolution_counts_exactly(rng):
+    # Counts from the small mask weighted by row x column multiplicities must equal counting the
+    # full-resolution source mask pixel by pixel, for any ROI / letterbox / resize geometry.
+    for trial in range(300):
+        src_hw, spec, mask_hw = _random_geometry(rng)
+        k = int(rng.integers(1, 257))
+        mask = rng.integers(0, k, mask_hw, dtype=np.uint8)
+        if mask_hw[1] > 1 and trial % 3 == 0:
+            mask = np.asfortranarray(mask)[:, ::-1]  # any strides
+        ref_full = _numpy_to_source(mask, src_hw, spec)
+        poisoned = np.full(src_hw, 251, np.uint8)
+        full = mask_to_source(mask, src_hw, spec, out=poisoned)
+        np.testing.assert_array_equal(full, ref_full, err_msg=f"to source, trial {trial}: {src_hw} {spec} {mask_hw}")
+        ref_counts = np.bincount(ref_full.ravel(), minlength=k)
+        counts, areas = source_class_areas_mm2(mask, src_hw, spec, (0.3, 0.7), k)
+        np.testing.assert_array_equal(counts, ref_counts, err_msg=f"counts, trial {trial}: {src_hw} {spec} {mask_hw}")
+        assert counts.dtype == np.int64 and counts.sum() == src_hw[0] * src_hw[1]
+        np.testing.assert_array_equal(areas, ref_counts * (0.3 * 0.7))
+        m = source_mapping(mask_hw, src_hw, spec)
+        roi_h, roi_w = geometry(src_hw, spec)["roi"][2:]
+        assert m.row_multiplicity.sum() == roi_h and m.col_multiplicity.sum() == roi_w
+
+
+@pytest.mark.parametrize("letterbox", [False, True])
+@pytest.mark.parametrize("roi", [None, (13, 20, 150, 90)])
+def test_source_counts_on_echo_geometry(rng, letterbox, roi):
+    # The cine case: 600x800 RGB frames, a 96x96 model; seed-varied masks, never all zero.
+    src_hw = (600, 800)
+    spec = PreprocessSpec(out_height=96, out_width=96, letterbox=letterbox, roi=roi)
+    for seed in range(5):
+        mask = np.random.default_rng(seed).integers(0, 4, (96, 96), dtype=np.uint8)
+        full = mask_to_source(mask, src_hw, spec)
+        np.testing.assert_array_equal(full, _oracle_to_source(mask, src_hw, spec))
+        counts, _ = source_class_areas_mm2(mask, src_hw, spec, None, 4)
+        np.testing.assert_array_equal(counts, class_areas_mm2(full, None, 4)[0])
+        np.testing.assert_array_equal(counts, np.bincount(full.ravel(), minlength=4))
+
+
+def test_source_counts_ignore_classes_no_source_pixel_shows(rng):
+    # Letterboxed 2:1 source: the top/bottom mask rows are padding. A class there is not in the source
+    # mask, so it is neither counted nor an error, exactly as counting the source mask.
+    spec = PreprocessSpec(out_height=64, out_width=64, letterbox=True)
+    mask = rng.integers(1, 3, (64, 64), dtype=np.uint8)
+    mask[0, :] = 9
+    counts, _ = source_class_areas_mm2(mask, (100, 200), spec, None, 3)
+    np.testing.assert_array_equal(counts, class_areas_mm2(mask_to_source(mask, (100, 200), spec), None, 3)[0])
+    assert source_mapping((64, 64), (100, 200), spec).row_multiplicity[0] == 0
+    mask[32, 5] = 9  # a content row: now it shows
+    with pytest.raises(InputError, match="holds class 9 but num_classes=3"):
+        source_class_areas_mm2(mask, (100, 200), spec, None, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.uint16])
+def test_class_areas_histogram_matches_bincount(rng, dtype):
+    k = 2 if dtype is np.bool_ else 256
+    mask = rng.integers(0, k, (301, 257)).astype(dtype)
+    for m in (mask, mask[::2, ::-3], np.asfortranarray(mask)):
+        counts, _ = class_areas_mm2(m, None, k)
+        np.testing.assert_array_equal(counts, np.bincount(m.ravel().astype(np.int64), minlength=k))
+        assert counts.dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_argmax_into_reports_non_finite_logits(rng, dtype):
+    logits = rng.standard_normal((3, 40, 50)).astype(dtype)
+    out = np.full((40, 50), 99, np.uint8)
+    assert argmax_mask_into(out, logits) is True
+    np.testing.assert_array_equal(out, np.argmax(logits, axis=0))
+    for bad in (np.nan, np.inf, -np.inf):
+        poisoned = logits.copy()
+        poisoned[2, 39, 49] = bad  # the very last element: every chunk is checked
+        assert argmax_mask_into(out, poisoned) is False
+        poisoned = logits[:1].copy()
+        poisoned[0, 0, 0] = bad
+        assert argmax_mask_into(out, poisoned) is False
+
+
+def test_source_mapping_bad_input(rng):
+    spec = PreprocessSpec(out_height=10, out_width=10)
+    m = source_mapping((10, 10), (20, 30), spec)
+    with pytest.raises(InputError, match="this mapping is for"):
+        m.to_source(np.zeros((10, 11), np.uint8))
+    with pytest.raises(InputError, match="uint8"):
+        m.class_counts(np.zeros((10, 10), np.int32), 3)
+    with pytest.raises(InputError, match="num_classes must be"):
+        m.class_counts(np.ones((10, 10), np.uint8), 0)
+    with pytest.raises(InputError, match="shape"):
+        m.to_source(np.ones((10, 10), np.uint8), out=np.zeros((20, 31), np.uint8))
+    with pytest.raises(InputError, match="num_classes must be"):
+        source_class_areas_mm2(np.ones((10, 10), np.uint8), (20, 30), spec, None, 300)
+    with pytest.raises(InputError, match="spacing"):
+        source_class_areas_mm2(np.ones((10, 10), np.uint8), (20, 30), spec, (0, 1), 3)
+    with pytest.raises(InputError, match="reaches outside"):
+        source_class_areas_mm2(np.ones((10, 10), np.uint8), (20, 30), spec.replace(roi=(15, 0, 10, 10)), None, 3)
 
 
 def test_postprocess_bad_input(rng):
