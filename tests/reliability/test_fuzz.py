@@ -306,7 +306,13 @@ def test_kernel_output_is_finite_and_in_range(inp):
     from engine import preprocess
 
     spec, x = inp
-    out = preprocess.preprocess(x, spec)
+    try:
+        out = preprocess.preprocess(x, spec)
+    except errors.InputError as exc:
+        # the one refusal a valid spec may meet: values beyond float16 (|x| > 65504) are refused, not
+        # passed on as Inf (tests/corpus: preprocess/spec-float16-*)
+        assert spec.out_dtype == "float16" and "float16" in str(exc), f"valid spec and image refused: {exc}"
+        return
     assert out.shape == preprocess.output_shape(spec)
     again = preprocess.preprocess(np.ascontiguousarray(x), spec)
     np.testing.assert_array_equal(out, again, err_msg="result depends on the input's memory layout or the call")
