@@ -40,19 +40,44 @@ int rows_per_chunk(int64_t bytes_per_row) {
   return static_cast<int>(std::max<int64_t>(1, kMinBytesPerChunk / std::max<int64_t>(bytes_per_row, 1)));
 }
 
-// Returns false when some logit is NaN or +-Inf: v * 0 is NaN exactly for those, and a NaN sticks in
-// the sum, so the check rides along the argmax pass instead of a second pass over the logits.
+// Returns false when some logit is NaN or +-Inf (all exponent bits set), checked in the argmax pass
+// instead of a second pass over the logits. Pixels go in blocks, class plane by class plane, so the
+// compare/select loop vectorizes (the per-pixel rule is still pm::argmax_takes, shared with CUDA).
 template <typename T>
 bool argmax_planes(const T* logits, int K, int64_t H, int64_t W, uint8_t* out) {
   const int64_t plane = H * W;
   std::atomic<bool> finite{true};
   parallel_for(static_cast<int>(H), rows_per_chunk(W * K * static_cast<int64_t>(sizeof(T))), [&](int y0, int y1) {
-    float poison = 0.0f;
-    for (int64_t i = y0 * W; i < y1 * W; ++i) {
-      out[i] = pm::argmax_class(logits + i, K, plane);
-      for (int k = 0; k < K; ++k) poison += pm::logit_value(logits[i + k * plane]) * 0.0f;
+    constexpr int kBlock = 256;
+    float best_v[kBlock];
+    uint8_t best[kBlock];
+    uint32_t exp_max = 0;
+    for (int64_t i0 = y0 * W, end = y1 * W; i0 < end; i0 += kBlock) {
+      const int n = static_cast<int>(std::min<int64_t>(kBlock, end - i0));
+      const T* l0 = logits + i0;
+      for (int i = 0; i < n; ++i) {
+        best_v[i] = pm::logit_value(l0[i]);
+        best[i] = 0;
+        exp_max = std::max(exp_max, pm::exponent_bits(l0[i]));
+      }
+      for (int k = 1; k < K; ++k) {
+        const T* lk = l0 + k * plane;
+        const uint8_t kk = static_cast<uint8_t>(k);
+        for (int i = 0; i < n; ++i) {
+          const float v = pm::logit_value(lk[i]);
+          exp_max = std::max(exp_max, pm::exponent_bits(lk[i]));
+          const bool take = pm::argmax_takes(v, best_v[i]);
+          best_v[i] = take ? v : best_v[i];
+          best[i] = take ? kk : best[i];
+        }
+      }
+      if (K == 1) {
+        for (int i = 0; i < n; ++i) out[i0 + i] = best_v[i] > 0.0f ? 1 : 0;  // sigmoid head, as pm::argmax_class
+      } else {
+        std::memcpy(out + i0, best, static_cast<size_t>(n));
+      }
     }
-    if (poison != 0.0f) finite = false;
+    if (exp_max == 0x7f800000u) finite = false;
   });
   return finite;
 }

@@ -369,46 +369,70 @@ class Session:
         return r
 
     def _postprocess(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        if self.task == "segmentation":
+            self._postprocess_mask(raw, r, src_hw, spec, spacing)
+            return
         # A float64-accumulated sum is NaN/Inf iff some element is: one pass, no temporary array.
         if not math.isfinite(float(raw.sum(dtype=np.float64))):
-            raise InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
-                             f"spec (window/rescale) matches the data, or load with precision='fp32'")
-        if self.task == "classification":
-            scores = r.scores
-            if scores is None:
-                scores = r.scores = np.empty(self._num_classes, np.float32)
-            if self._post == "softmax":
-                np.subtract(raw, raw.max(), out=scores)
-                np.exp(scores, out=scores)
-                scores /= scores.sum()
-            elif self._post == "sigmoid":
-                # (1 + tanh(x/2)) / 2: the same overflow-free form as engine.postprocess.sigmoid.
-                np.multiply(raw, 0.5, out=scores)
-                np.tanh(scores, out=scores)
-                scores += 1.0
-                scores *= 0.5
-            else:
-                scores[...] = raw
-            r.label = self.labels[int(scores.argmax())]
-            return
+            raise self._non_finite_error()
+        scores = r.scores
+        if scores is None:
+            scores = r.scores = np.empty(self._num_classes, np.float32)
+        if self._post == "softmax":
+            np.subtract(raw, raw.max(), out=scores)
+            np.exp(scores, out=scores)
+            scores /= scores.sum()
+        elif self._post == "sigmoid":
+            # (1 + tanh(x/2)) / 2: the same overflow-free form as engine.postprocess.sigmoid.
+            np.multiply(raw, 0.5, out=scores)
+            np.tanh(scores, out=scores)
+            scores += 1.0
+            scores *= 0.5
+        else:
+            scores[...] = raw
+        r.label = self.labels[int(scores.argmax())]
+
+    def _non_finite_error(self) -> InputError:
+        return InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
+                          f"spec (window/rescale) matches the data, or load with precision='fp32'")
+
+    def _postprocess_mask(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        # Hot path of every cine frame: the source-geometry map is built once per (mask size, source size,
+        # spec) and cached (engine.postprocess.source_mapping); class counts come from the small model
+        # mask weighted by source rows x columns per mask pixel, exact and O(model pixels).
         from engine import postprocess as pp
 
         scratch = r._scratch if r._scratch is not None else {}
         small = scratch.get("small")
         if small is None or small.shape != raw.shape[1:]:
             small = scratch["small"] = np.empty(raw.shape[1:], np.uint8)
-        pp.argmax_mask(raw, out=small)
+        if raw.dtype in (np.float32, np.float16) and raw.flags.c_contiguous:
+            finite = pp.argmax_mask_into(small, raw)  # the NaN/Inf check rides along the argmax pass
+        else:
+            finite = math.isfinite(float(raw.sum(dtype=np.float64)))
+            pp.argmax_mask(raw, out=small)
+        if not finite:
+            raise self._non_finite_error()
         hw = (int(src_hw[0]), int(src_hw[1]))
         if r.mask is None:
             r.mask = np.empty(hw, np.uint8)
         elif r.mask.shape != hw:
             raise InputError(f"this result's mask was allocated for a {r.mask.shape} source, the input is {hw}: "
                              f"use session.new_result(src_hw={hw}) for this image size")
-        pp.mask_to_source(small, hw, spec, out=r.mask)
+        mapping = pp.source_mapping(small.shape, hw, spec)
+        mapping.to_source(small, out=r.mask)
         r.pixel_spacing_mm = None if spacing is None else (float(spacing[0]), float(spacing[1]))
-        counts, areas = pp.class_areas_mm2(r.mask, r.pixel_spacing_mm, max(self._num_classes, 2))
-        r.pixel_counts = {lab: int(c) for lab, c in zip(self.labels, counts)}
-        r.areas_mm2 = None if areas is None else {lab: float(a) for lab, a in zip(self.labels, areas)}
+        counts = mapping.class_counts(small, max(self._num_classes, 2)).tolist()
+        labels = self.labels
+        r.pixel_counts = dict(zip(labels, counts))
+        if spacing is None:
+            r.areas_mm2 = None
+        else:
+            row_mm, col_mm = r.pixel_spacing_mm
+            if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+                raise InputError(f"class_areas_mm2: pixel spacing must be finite and > 0 mm, got {spacing!r}")
+            px_mm2 = row_mm * col_mm
+            r.areas_mm2 = {lab: c * px_mm2 for lab, c in zip(labels, counts)}
 
     # -- public API -------------------------------------------------------------------------------
     def run(self, x, *, spec: PreprocessSpec | None = None, frame: int | None = None,

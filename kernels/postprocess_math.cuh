@@ -35,6 +35,20 @@ SLICERT_HD float half_to_float(uint16_t h) {
 SLICERT_HD float logit_value(float v) { return v; }
 SLICERT_HD float logit_value(uint16_t half_bits) { return half_to_float(half_bits); }
 
+// Whether logit v of a later class replaces the best so far: strictly greater (ties keep the lower
+// class, as numpy.argmax), and any number beats a NaN.
+SLICERT_HD bool argmax_takes(float v, float best_v) { return v > best_v || (best_v != best_v && v == v); }
+
+// Non-finite (NaN/Inf) logits have all exponent bits set.
+SLICERT_HD uint32_t exponent_bits(float v) {
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits & 0x7f800000u;
+}
+SLICERT_HD uint32_t exponent_bits(uint16_t half_bits) {
+  return (half_bits & 0x7c00u) == 0x7c00u ? 0x7f800000u : 0u;  // binary16 Inf/NaN, as float's
+}
+
 // Class of one pixel from K logit planes (plane stride `plane` elements). K == 1 is a binary
 // (sigmoid) head: foreground where the logit is > 0, i.e. sigmoid > 0.5. Ties go to the lower class,
 // as numpy.argmax does; a NaN logit never wins.
@@ -45,7 +59,7 @@ SLICERT_HD uint8_t argmax_class(const T* logits, int K, int64_t plane) {
   float best_v = logit_value(logits[0]);
   for (int k = 1; k < K; ++k) {
     const float v = logit_value(logits[k * plane]);
-    if (v > best_v || (best_v != best_v && v == v)) {
+    if (argmax_takes(v, best_v)) {
       best_v = v;
       best = k;
     }
