@@ -306,6 +306,23 @@ def slicert(
     )
 
 
+
+def _session_seg_post(src_hw: tuple[int, int], spec: PreprocessSpec, k: int) -> Callable[[np.ndarray], Any]:
+    """The segmentation post-processing Session.run does, on preallocated buffers: argmax at model
+    resolution, the cached source map, the source-geometry mask, exact class counts from the small mask."""
+    from engine import postprocess as pp
+
+    small = np.empty((spec.out_height, spec.out_width), np.uint8)
+    mask = np.empty(src_hw, np.uint8)
+
+    def post(raw: np.ndarray) -> Any:
+        pp.argmax_mask_into(small, raw)
+        mapping = pp.source_mapping(small.shape, src_hw, spec)
+        mapping.to_source(small, out=mask)
+        return mapping.class_counts(small, max(k, 2))
+
+    return post
+
 def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str, threads: int) -> Pipeline:
     """The calls Session.run wraps, made directly: backend.stage (fused native preprocessing into the
     bound input), backend.infer (ONNX Runtime run_with_iobinding), the same post-processing math.
@@ -326,6 +343,8 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
         scores = np.empty(k, np.float32)
         src_hw = x.shape[:2]
 
+        seg_post = _session_seg_post(tuple(src_hw), spec, k) if task != "classification" else None
+
         def post(outs):
             raw = outs[out_name][0]
             if task == "classification":
@@ -333,10 +352,7 @@ def backend_direct(name: str, bundle: str | Path, x: np.ndarray, *, variant: str
                 np.exp(scores, out=scores)
                 np.divide(scores, scores.sum(), out=scores)
                 return scores
-            from engine import postprocess as pp
-
-            mask = pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec)
-            return pp.class_areas_mm2(mask, None, k)
+            return seg_post(raw)
 
         return [
             ("preprocess", lambda a: backend.stage(a, spec, 0)),
@@ -402,6 +418,8 @@ def raw_calls(
         scores = np.empty(k, np.float32)
         src_hw = x.shape[:2]
 
+        seg_post = _session_seg_post(tuple(src_hw), spec, k) if task != "classification" else None
+
         def post(_):
             raw = out[0]
             if task == "classification":
@@ -409,9 +427,7 @@ def raw_calls(
                 np.exp(scores, out=scores)
                 np.divide(scores, scores.sum(), out=scores)
                 return scores
-            from engine import postprocess as pp
-
-            return pp.class_areas_mm2(pp.mask_to_source(pp.argmax_mask(raw), src_hw, spec), None, k)
+            return seg_post(raw)
 
         return [
             ("preprocess", lambda a: preprocess_into(inp, a, spec, 0)),
