@@ -382,6 +382,9 @@ def spec_cases(out: Path) -> list[Case]:
         ("fixed-mean-nan", {"normalize": "fixed", "mean": [math.nan]}, r"mean"),
         ("modality-lut-nan", {"modality_lut": [0.0, math.nan]}, r"modality_lut"),
         ("voi-lut-inf", {"voi_function": "lut", "voi_lut": [0.0, math.inf]}, r"voi_lut"),
+        # finite in JSON (float64) but beyond float32: the table is stored as float32
+        ("voi-lut-beyond-float32", {"voi_function": "lut", "voi_lut": [0.0, 3.4028235677973366e38]}, r"voi_lut"),
+        ("modality-lut-beyond-float32", {"modality_lut": [0.0, -1e39]}, r"modality_lut"),
         # PS3.3 C.11.2.1.1: entries lie in [0, 2^bits - 1]; beyond it the VOI output leaves its range
         ("voi-lut-entry-above-bits", {"voi_function": "lut", "voi_lut": [0.0, 2.0], "voi_lut_bits": 1}, r"voi_lut"),
         ("voi-lut-entry-negative", {"voi_function": "lut", "voi_lut": [-5.0, 100.0], "voi_lut_bits": 8},
