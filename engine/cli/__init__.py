@@ -18,6 +18,7 @@ def _root() -> None:
 
 # Order = order in --help. Each module defines register(app).
 _COMMAND_MODULES = [
+    "tools.demo",
     "engine.cli.info",
     "engine.cli.bench",
     "engine.cli.build",
