@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.dicom.capture import pydicom_warnings
-from engine.dicom.codestream import declared_size
+from engine.dicom.codestream import declared_size, has_end_marker, needs_end_marker
 from engine.dicom.color import Palette, ybr_full_to_rgb
 from engine.dicom.header import PixelModule
 from engine.dicom.problems import fail
@@ -116,14 +116,25 @@ class FrameDecoder:
             except StopIteration:
                 raise fail(self._source, "PixelData", f"{where}missing: fewer encapsulated frames than "
                                                       f"NumberOfFrames {self._pm.number_of_frames}") from None
-            except Exception as exc:  # decoders raise RuntimeError/ValueError/KeyError... on corrupt data
+            except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                raise
+            except BaseException as exc:
+                # Decoders raise RuntimeError/ValueError/KeyError... on corrupt data, and the Rust RLE
+                # plugin (pylibjpeg-rle, via pyo3) panics on out-of-bounds runs: pyo3_runtime.PanicException
+                # derives from BaseException, so `except Exception` would let it reach the caller.
+                pm = self._pm
                 raise fail(self._source, "PixelData",
-                           f"{where}cannot be decoded as {self._pm.transfer_syntax_name} "
-                           f"({type(exc).__name__}: {exc})") from exc
+                           f"{where}cannot be decoded as {pm.transfer_syntax_name} "
+                           f"({type(exc).__name__}: {exc}); the data is corrupt or disagrees with "
+                           f"Rows {pm.rows} x Columns {pm.columns} x BitsAllocated {pm.bits_allocated}") from exc
         return result
 
     # -- checks and normalization ----------------------------------------------------------------
     def _check_codestream(self, encoded: bytes, index: int) -> None:
+        pm = self._pm
+        if needs_end_marker(pm.transfer_syntax_uid) and not has_end_marker(encoded):
+            raise fail(self._source, "PixelData", f"frame {index}: cannot be decoded as {pm.transfer_syntax_name}: "
+                                                  f"truncated stream (no end-of-image marker FF D9 at its end)")
         size = declared_size(encoded)
         expected = (self._pm.rows, self._pm.columns)
         if size is not None and size != expected:

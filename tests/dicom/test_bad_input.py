@@ -279,3 +279,62 @@ def test_concurrent_reads_leave_warning_filters_intact():
         t.join()
     assert errors == []
     assert warnings.filters == before_filters and warnings.showwarning is before_hook
+
+
+def _re_encapsulated(name: str, change) -> pydicom.Dataset:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(data_file(name))
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    ds.PixelData = encapsulate([change(f) for f in generate_frames(ds.PixelData, number_of_frames=n)])
+    return ds
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "emri_small_RLE.dcm"])
+def test_rle_decoder_panic_becomes_dicom_error(name):
+    """pylibjpeg-rle is Rust: a replicate run past the end of a segment panics, and pyo3's
+    PanicException derives from BaseException. It must still reach the caller as a DicomError."""
+    def overrun(frame: bytes) -> bytes:
+        first = int.from_bytes(frame[4:8], "little")  # PS3.5 G.3.1: offset of segment 1
+        return frame[:first] + b"\x81" + frame[first + 1:]  # 0x81: repeat the next byte 128 times
+
+    err = _refused(_re_encapsulated(name, overrun), "PixelData (7FE0,0010)", "frame 0: cannot be decoded")
+    assert "PanicException" in str(err) and "Rows" in str(err)
+
+
+def test_rle_with_one_row_fewer_than_encoded_is_refused():
+    ds = pydicom.dcmread(data_file("MR_small_RLE.dcm"))
+    ds.Rows -= 1
+    _refused(ds, "PixelData (7FE0,0010)", "Rows 63")
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-LL.dcm", "emri_small_jpeg_ls_lossless.dcm",
+                                  "US1_J2KR.dcm", "emri_small_jpeg_2k_lossless.dcm"])
+def test_truncated_codestream_is_refused_not_decoded_short(name):
+    """libjpeg decodes a JPEG cut short without complaint (the missing rows come back as garbage);
+    every JPEG-family frame must end with its FF D9 end marker."""
+    def half(frame: bytes) -> bytes:
+        return frame[: (len(frame) // 2) & ~1]
+
+    _refused(_re_encapsulated(name, half), "PixelData (7FE0,0010)", "no end-of-image marker")
+
+
+@pytest.mark.parametrize("frame, complete", [
+    (b"\xff\xd8\x01\x02\xff\xd9", True),
+    (b"\xff\xd8\x01\xff\xd9\x00", True),  # PS3.5 A.4 pad byte
+    (b"\xff\xd8\x01\xff\xd9\xff", True),  # 0xFF pad, as in pydicom-data's JPEG-LL.dcm / US1_J2KR.dcm
+    (b"\xff\xd8\x01\x02\x03\x04", False),
+    (b"\xff\xd8\x01\xff\x00\x00", False),  # stuffed FF 00 then a pad byte: entropy data, not EOI
+    (b"\xff\xd9\x01\x02", False),
+])
+def test_end_marker_detection(frame, complete):
+    from engine.dicom.codestream import has_end_marker
+
+    assert has_end_marker(frame) is complete
+
+
+def test_truncated_between_elements_says_truncated_and_where():
+    """Cut inside the data set, between two elements: pydicom reports 'No tag to read' (OSError)."""
+    data = pathlib.Path(data_file("US1_J2KR.dcm")).read_bytes()
+    err = _refused(data[:883], "", "file is truncated (ends at byte 883")
+    assert "cannot be parsed" not in str(err)
