@@ -86,6 +86,13 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
         except DicomError:
             raise
         except Exception as exc:  # pydicom raises many types for malformed input; report them all as DICOM
+            stopped_at = _tell(fp)
+            end = _stream_end(fp)
+            # pydicom reports running out of bytes as EOFError, or as OSError("No tag to read ...") when
+            # the file ends between elements; either way the stream was read to its end.
+            if end is not None and (isinstance(exc, EOFError) or (stopped_at is not None and stopped_at >= end)):
+                raise DicomError(f"{name}: file is truncated (ends at byte {end - start}; "
+                                 f"{type(exc).__name__}: {exc})") from exc
             raise DicomError(f"{name}: cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
     for msg in messages:
         # pydicom drops an undefined-length element (encapsulated Pixel Data) that hits end-of-file.
@@ -93,6 +100,21 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
             raise fail(name, "PixelData", f"file is truncated: {msg}")
     _check_not_truncated(ds, name)
     return ds, name, messages
+
+
+def _tell(fp: Any) -> int | None:
+    try:
+        return int(fp.tell())
+    except (OSError, ValueError):
+        return None
+
+
+def _stream_end(fp: Any) -> int | None:
+    """Size of a seekable stream in bytes (its end position), or None when it cannot be found."""
+    try:
+        return int(fp.seek(0, os.SEEK_END))
+    except (OSError, ValueError):
+        return None
 
 
 def _check_not_truncated(ds: Any, name: str) -> None:
