@@ -30,13 +30,34 @@ MAX_OUTPUT_SIDE = 8192
 def _table(value: Any, name: str) -> np.ndarray | None:
     if value is None:
         return None
-    arr = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
-    if arr.ndim != 1 or arr.size == 0:
-        raise InputError(f"PreprocessSpec.{name}: expected a non-empty 1-D table, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    # Checked in float64 first: the table is stored as float32, and a finite value beyond float32's
+    # range would become Inf in the cast (with a RuntimeWarning instead of an error).
+    try:
+        wide = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"PreprocessSpec.{name}: expected a table of numbers ({exc})") from None
+    if wide.ndim != 1 or wide.size == 0:
+        raise InputError(f"PreprocessSpec.{name}: expected a non-empty 1-D table, got shape {wide.shape}")
+    if not np.all(np.isfinite(wide)):
         raise InputError(f"PreprocessSpec.{name}: table contains NaN or Inf")
+    limit = float(np.finfo(np.float32).max)
+    if float(np.max(np.abs(wide))) > limit:
+        raise InputError(f"PreprocessSpec.{name}: table values must lie within float32 range "
+                         f"(|v| <= {limit:.7g}); got {wide[np.argmax(np.abs(wide))]!r}")
+    arr = np.ascontiguousarray(wide, dtype=np.float32)
     arr.setflags(write=False)
     return arr
+
+
+def _roi(value: Any) -> tuple[int, ...]:
+    # ROI is in whole source pixels; int() would silently truncate a fractional corner (0.5 -> 0).
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise InputError(f"PreprocessSpec.roi: expected 4 integers (y0, x0, height, width), got {value!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        raise InputError(f"PreprocessSpec.roi: expected integers (whole source pixels), got {value!r}")
+    return tuple(int(v) for v in items)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +110,7 @@ class PreprocessSpec:
         set_(self, "mean", tuple(float(v) for v in np.atleast_1d(self.mean)))
         set_(self, "std", tuple(float(v) for v in np.atleast_1d(self.std)))
         if self.roi is not None:
-            set_(self, "roi", tuple(int(v) for v in self.roi))
+            set_(self, "roi", _roi(self.roi))
         self.validate()
 
     # -- validation --------------------------------------------------------------------------
@@ -129,6 +150,14 @@ class PreprocessSpec:
             raise bad("voi_lut", "voi_function='lut' needs a voi_lut table")
         if not 1 <= int(self.voi_lut_bits) <= 16:
             raise bad("voi_lut_bits", f"must be in [1, 16], got {self.voi_lut_bits}")
+        if self.voi_lut is not None:
+            # PS3.3 C.11.2.1.1: VOI LUT entries are (2^bits - 1)-scaled output values; an entry outside
+            # [0, 2^bits - 1] would map outside [output_min, output_max].
+            top = (1 << int(self.voi_lut_bits)) - 1
+            lo, hi = float(self.voi_lut.min()), float(self.voi_lut.max())
+            if lo < 0 or hi > top:
+                raise bad("voi_lut", f"entries must lie in [0, 2^voi_lut_bits - 1] = [0, {top}] (PS3.3 C.11.2.1.1), "
+                                     f"got [{lo:g}, {hi:g}] with voi_lut_bits {self.voi_lut_bits}")
         if not self.output_max > self.output_min:
             raise bad("output_max", f"must exceed output_min ({self.output_min}), got {self.output_max}")
         if self.roi is not None:

@@ -47,3 +47,50 @@ def test_invalid_fields_are_named(changes, field):
 def test_parser_rejects_bad_json(data, field):
     with pytest.raises(InputError, match=field):
         PreprocessSpec.from_dict(data)
+
+
+@pytest.mark.parametrize("roi", [(0.5, 0, 10, 10), (0, 0, 10.0, 10), (True, 0, 10, 10), ("0", 0, 10, 10)])
+def test_roi_must_be_whole_pixels(roi):
+    # int(0.5) == 0 would silently move the crop; a ROI is in whole source pixels.
+    with pytest.raises(InputError, match="roi"):
+        PreprocessSpec(out_height=8, out_width=8, roi=roi)
+    with pytest.raises(InputError, match="roi"):
+        PreprocessSpec.from_dict({"out_height": 8, "out_width": 8, "roi": list(roi)})
+
+
+def test_roi_accepts_numpy_integers():
+    spec = PreprocessSpec(out_height=8, out_width=8, roi=tuple(np.array([1, 2, 3, 4], dtype=np.int64)))
+    assert spec.roi == (1, 2, 3, 4) and all(type(v) is int for v in spec.roi)
+
+
+@pytest.mark.parametrize("table, bits", [([0.0, 2.0], 1), ([-5.0, 100.0], 8), ([0.0, 4096.0], 12),
+                                         ([0.0, 65536.0], 16)])
+def test_voi_lut_entries_outside_their_bit_range_are_refused(table, bits):
+    with pytest.raises(InputError, match=r"voi_lut.*C\.11\.2\.1\.1"):
+        PreprocessSpec(out_height=8, out_width=8, voi_function="lut", voi_lut=table, voi_lut_bits=bits)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 12, 16])
+def test_voi_lut_entries_at_their_bit_range_limits_are_accepted(bits):
+    top = float((1 << bits) - 1)
+    spec = PreprocessSpec(out_height=8, out_width=8, voi_function="lut", voi_lut=[0.0, top], voi_lut_bits=bits)
+    assert spec.voi_lut.tolist() == [0.0, top]
+
+
+@pytest.mark.parametrize("field, value", [("voi_lut", 3.4028235677973366e38), ("modality_lut", -1e39),
+                                          ("modality_lut", 1e300)])
+def test_tables_beyond_float32_are_refused_not_cast_to_inf(field, value):
+    # filterwarnings=error: a float32 overflow in the cast would surface as RuntimeWarning, not InputError
+    kwargs = {"voi_function": "lut"} if field == "voi_lut" else {}
+    if field == "voi_lut":
+        kwargs["voi_lut_bits"] = 16
+    with pytest.raises(InputError, match=f"{field}.*float32"):
+        PreprocessSpec(out_height=8, out_width=8, **kwargs, **{field: [0.0, value]})
+    with pytest.raises(InputError, match=field):
+        PreprocessSpec.from_dict({"out_height": 8, "out_width": 8, **kwargs, field: [0.0, value]})
+
+
+def test_table_at_float32_max_is_kept_exactly():
+    top = float(np.finfo(np.float32).max)
+    spec = PreprocessSpec(out_height=8, out_width=8, modality_lut=[-top, top])
+    assert spec.modality_lut.tolist() == [-top, top] and np.isfinite(spec.modality_lut).all()
