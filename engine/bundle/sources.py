@@ -8,6 +8,7 @@ Accepted sources (TEAM contracts 5 and 6):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +166,46 @@ def resolve_source(source: str | Path, meta: str | Path | None = None) -> ModelS
     if not onnx:
         raise InputError(f"no ONNX model in {src} (expected one of "
                          f"{sorted({n for names in _VARIANT_FILES.values() for n in names})})")
+    if report is not None and report_path is not None:
+        _check_report_describes(report, report_path, [*onnx.values(), *onnx_cpu.values()], notes)
     return ModelSource(onnx=onnx, onnx_cpu=onnx_cpu, meta=meta_dict, meta_path=meta_path, accuracy_report=report,
                        accuracy_report_path=report_path, notes=notes)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_report_describes(report: dict[str, Any], report_path: Path, files: list[Path], notes: list[str]) -> None:
+    """Refuse a model file that is not the one the accuracy report gated.
+
+    The gate verdicts bundled with each variant come from the report, so they are only true for the
+    exact bytes the quantizer measured; it records them as variants.<name>.sha256 next to .file. A
+    file that differs (a forced re-run interrupted after writing some models, a hand-copied model)
+    would be shipped with another model's verdict.
+    """
+    variants = report.get("variants")
+    if not isinstance(variants, dict):
+        return
+    recorded = {entry["file"]: (name, entry.get("sha256")) for name, entry in variants.items()
+                if isinstance(entry, dict) and isinstance(entry.get("file"), str)}
+    for path in files:
+        if path.parent.resolve() != report_path.parent.resolve() or path.name not in recorded:
+            continue
+        name, expected = recorded[path.name]
+        if not isinstance(expected, str):
+            notes.append(f"{path.name}: the accuracy report records no sha256 for {name}; not verified")
+            continue
+        actual = _sha256(path)
+        if actual != expected.lower():
+            raise InputError(f"{path} is not the model that {report_path.name} gated (variants.{name}.sha256 "
+                             f"{expected[:16]}..., file has {actual[:16]}...); the report is stale, e.g. from an "
+                             f"interrupted `slicert quantize --force`: rerun `slicert quantize --force` on this "
+                             f"folder")
 
 
 def gate_status(report: dict[str, Any] | None, variant: str, form: str = "tensorrt") -> tuple[bool | None, str]:

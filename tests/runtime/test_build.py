@@ -129,6 +129,28 @@ def test_precision_selection_and_accuracy_gate(model_dirs, tmp_path):
     assert r.variants == ["int8"]
 
 
+@pytest.mark.parametrize("stale", ["model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx"])
+def test_model_the_report_did_not_gate_is_refused(model_dirs, tmp_path, stale):
+    """An interrupted `slicert quantize --force` can leave a new model next to the old report: the
+    bundle would then ship that model with another model's gate verdict."""
+    folder = tiny_models.write_quantized(tmp_path / "quant", model_dirs["cls_export"])
+    shutil.copyfile(model_dirs["cls_export"] / "model.onnx", folder / stale)  # different bytes, same name
+    out = tmp_path / "x.slicert"
+    with pytest.raises(InputError, match=rf"{stale} is not the model that accuracy_report.json gated"):
+        build_bundle(folder, out, precision="best", target="cpu")
+    assert not out.exists()
+
+
+def test_report_without_hashes_is_used_with_a_note(model_dirs, tmp_path):
+    folder = tiny_models.write_quantized(tmp_path / "quant", model_dirs["cls_export"])
+    report = json.loads((folder / "accuracy_report.json").read_text())
+    for entry in report["variants"].values():
+        entry.pop("sha256", None)
+    (folder / "accuracy_report.json").write_text(json.dumps(report))
+    r = build_bundle(folder, tmp_path / "x.slicert", precision="int8", target="cpu")
+    assert any("records no sha256 for int8" in n for n in r.notes), r.notes
+
+
 def test_refuses_existing_output_before_building(model_dirs, tmp_path):
     out = tmp_path / "x.slicert"
     out.write_bytes(b"keep me")

@@ -6,6 +6,7 @@ are synthetic and say nothing about any medical task.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -148,5 +149,8 @@ def write_quantized(folder: Path, export: Path, *, int8_passed: bool = True) -> 
                            "int8_ort": {"file": "model.int8.ort.onnx", "passed": int8_passed, "reason": fixture}},
               "deliverables": {"fp16": {"tensorrt": "model.fp16.onnx"},
                                "int8": {"tensorrt": "model.int8.onnx", "onnxruntime": "model.int8.ort.onnx"}}}
+    for entry in report["variants"].values():  # as tools/quantize records them: the bytes it gated
+        if entry["file"]:
+            entry["sha256"] = hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
     (folder / "accuracy_report.json").write_text(json.dumps(report, indent=2))
     return folder
