@@ -49,10 +49,11 @@ def recipe(task: str, fast: bool, seed: int = 0) -> Recipe:
                        TrainConfig(epochs=e_s, batch_size=16, lr=5e-3, augment=_US_AUG, seed=seed + 1),
                        kd_alpha=0.5, kd_t=2.0)
     if task == "cxr_nodule":
-        e_t, e_s = (6, 6) if fast else (14, 14)
+        e_t, e_s = (10, 10) if fast else (14, 14)
         return _recipe(task, "resnet_teacher", "cnn_student",
-                       TrainConfig(epochs=e_t, batch_size=32, lr=3e-3, augment=_CXR_AUG, seed=seed),
-                       TrainConfig(epochs=e_s, batch_size=32, lr=5e-3, augment=_CXR_AUG, seed=seed + 1),
+                       TrainConfig(epochs=e_t, batch_size=32, lr=3e-3, augment=_CXR_AUG, paired=True, seed=seed),
+                       TrainConfig(epochs=e_s, batch_size=32, lr=5e-3, augment=_CXR_AUG, paired=True,
+                                   seed=seed + 1),
                        kd_alpha=0.7, kd_t=4.0)
     raise InputError(f"unknown task {task!r}; available: ct_organs, cxr_nodule, us_phantom")
 

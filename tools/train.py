@@ -40,6 +40,7 @@ class TrainConfig:
     dice_weight: float = 1.0  # segmentation: CE + dice_weight * soft Dice
     kd_temperature: float = 1.0  # used by tools.distill only
     kd_alpha: float = 0.0  # weight of the distillation term (0 = plain supervised training)
+    paired: bool = False  # training images come in matched pairs (2k, 2k+1): keep pairs in one batch
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -84,15 +85,19 @@ def supervised_loss(task: str, num_classes: int, dice_weight: float):
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, task: str, aug: Augment,
-                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  g: torch.Generator, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random affine (+ flip) and intensity change per sample; with `paired`, samples 2k and 2k+1
+    get the same transform so a matched pair stays matched."""
     n = x.shape[0]
+    reps = 2 if paired else 1
 
     def u(scale: float) -> torch.Tensor:
-        return (torch.rand(n, generator=g) * 2 - 1) * scale
+        return ((torch.rand(n // reps, generator=g) * 2 - 1) * scale).repeat_interleave(reps)
 
     if aug.rot_deg or aug.scale or aug.shift or aug.hflip:
         ang, sc = u(math.radians(aug.rot_deg)), 1 + u(aug.scale)
-        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(n)
+        flip = (torch.where(torch.rand(n // reps, generator=g) < 0.5, -1.0, 1.0).repeat_interleave(reps)
+                if aug.hflip else torch.ones(n))
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0] = torch.cos(ang) / sc * flip
         theta[:, 0, 1] = -torch.sin(ang) / sc
@@ -134,8 +139,11 @@ def fit(model: nn.Module, data: TaskTensors, cfg: TrainConfig, loss_fn, *, teach
     g = torch.Generator().manual_seed(cfg.seed)
     xt, yt = data.x["train"], data.y["train"]
     n = xt.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps = max(1, n // bs)  # drop the ragged last batch: BatchNorm needs > 1 sample
+    reps = 2 if cfg.paired else 1
+    if cfg.paired and n % 2:
+        raise ValueError("paired training needs an even number of training images")
+    bs = min(cfg.batch_size, n) // reps  # units (images or pairs) per batch
+    steps = max(1, n // reps // bs)  # drop the ragged last batch: BatchNorm needs > 1 sample
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                 pct_start=0.2)
@@ -147,11 +155,13 @@ def fit(model: nn.Module, data: TaskTensors, cfg: TrainConfig, loss_fn, *, teach
     yv = data.y["val"].numpy()
     for epoch in range(cfg.epochs):
         model.train()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n // reps, generator=g)
         total = 0.0
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
-            xb, yb = augment_batch(xt[idx], yt[idx], data.task, cfg.augment, g)
+            if cfg.paired:
+                idx = torch.stack([2 * idx, 2 * idx + 1], dim=1).reshape(-1)
+            xb, yb = augment_batch(xt[idx], yt[idx], data.task, cfg.augment, g, cfg.paired)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
                 t_logits = None

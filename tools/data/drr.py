@@ -6,7 +6,9 @@ Physics (deliberately simple, parallel beam):
 - HU -> linear attenuation mu = MU_WATER * (1 + HU/1000), HU clipped to [-1000, 3000];
 - the patient is rotated about the cranio-caudal axis (obliquity) and mu is summed along the
   anterior-posterior rays: line integral p = sum(mu * ds);
-- a nodule is a sphere of extra attenuation d_mu inside the lung; its line integral is added
+- a lesion ("nodule": solid spheres of 10-30 mm, i.e. nodules up to small masses; smaller ones
+  are too faint on these projections to learn from a few hundred images) is a sphere of extra
+  attenuation d_mu (600-1000 HU above lung) inside the lung; its line integral is added
   analytically (chord length 2*sqrt(r^2 - d^2) through a sphere), so small nodules keep their exact
   partial-volume profile instead of a voxelized one;
 - quantum noise: counts ~ Poisson(I0 * exp(-p)), p_measured = -ln(counts / I0);
@@ -23,7 +25,7 @@ import numpy as np
 from tools.data.ct import SOURCE_NAME, load_ct, z_block_splits
 
 NAME = "cxr_nodule"
-VERSION = 1
+VERSION = 2
 TASK = "classification"
 LABELS = ("no_nodule", "nodule")
 HONEST_LABEL = "simulated lesions on projections of one real CT"
@@ -43,14 +45,14 @@ SPLITS_FAST = {"train": 320, "val": 100, "calib": 256, "test": 200}
 
 
 def spec():
-    """128x128 input (2.3 mm pixels over the 300 mm field): a 5 mm nodule still covers 2 pixels.
-    VOI spans the whole 12-bit detector range, then a per-image z-score absorbs the simulated
-    exposure/contrast variation (as a radiograph's own window would)."""
+    """128x128 input (2.3 mm pixels over the 300 mm field). VOI spans the whole 12-bit detector range;
+    histogram equalization (a monotonic remap, so the simulated exposure gain/offset drop out) lifts
+    the lung-field contrast where the lesions are; then a fixed normalization to about [-2, 2]."""
     from engine.spec import PreprocessSpec
 
     return PreprocessSpec(out_height=128, out_width=128, voi_function="linear", window_center=2048.0,
-                          window_width=4096.0, output_min=0.0, output_max=1.0, resize="area",
-                          normalize="zscore")
+                          window_width=4096.0, output_min=0.0, output_max=1.0, resize="area", equalize=True,
+                          normalize="fixed", mean=(0.5,), std=(0.25,))
 
 
 # calib = 256 in both modes: the quantizer (slicert quantize) needs >= 256 calibration slices.
@@ -59,7 +61,7 @@ def params(fast: bool, seed: int) -> dict:
             "field_mm": FIELD_MM, "angles_deg": [float(a) for a in ANGLES_DEG],
             "angle_pattern": list(ANGLE_PATTERN), "nodule_z_block": NODULE_Z_BLOCK,
             "nodule_z_gap": NODULE_Z_GAP, "nodule_z_pattern": list(NODULE_Z_PATTERN),
-            "diameter_mm": [5.0, 16.0], "delta_hu": [350.0, 900.0], "energy_scale": [0.85, 1.15],
+            "diameter_mm": [10.0, 30.0], "delta_hu": [600.0, 1000.0], "energy_scale": [0.85, 1.15],
             "photons": [3e3, 3e4], "gain": [420.0, 600.0], "offset": [40.0, 300.0],
             "shift_mm": 10.0, "field_scale": [0.92, 1.04], "mu_water_per_mm": MU_WATER_PER_MM}
 
@@ -117,17 +119,29 @@ class _Projector:
         return np.argwhere(er & zmask[:, None, None])
 
 
-def _render(proj: _Projector, angle: float, rng: np.random.Generator, nodule: dict | None,
+def draw_exposure(rng: np.random.Generator, angles: np.ndarray, p: dict) -> dict:
+    """Projection and exposure parameters of one image (shared by both images of a matched pair)."""
+    return {"angle_deg": float(angles[rng.integers(len(angles))]),
+            "field_mm": p["field_mm"] * rng.uniform(*p["field_scale"]),
+            "shift_u": rng.uniform(-p["shift_mm"], p["shift_mm"]), "shift_z": rng.uniform(-p["shift_mm"], p["shift_mm"]),
+            "energy_scale": rng.uniform(*p["energy_scale"]),
+            "photons": math.exp(rng.uniform(math.log(p["photons"][0]), math.log(p["photons"][1]))),
+            "gain": rng.uniform(*p["gain"]), "offset": rng.uniform(*p["offset"])}
+
+
+def _render(proj: _Projector, exp: dict, rng: np.random.Generator, nodule: dict | None,
             p: dict) -> tuple[np.ndarray, dict]:
+    """One detector image; `rng` draws the quantum noise only."""
     import torch
     import torch.nn.functional as F
 
     n = p["detector_px"]
+    angle = exp["angle_deg"]
     pz = proj.projection(angle)  # (Z, W): z from inferior, u across
     zdim, wdim = pz.shape
-    field = p["field_mm"] * rng.uniform(*p["field_scale"])
+    field = exp["field_mm"]
     pix = field / n
-    shift_u, shift_z = rng.uniform(-p["shift_mm"], p["shift_mm"], size=2)
+    shift_u, shift_z = exp["shift_u"], exp["shift_z"]
     z_centre = zdim * proj.dz / 2 + shift_z
     c = (np.arange(n) + 0.5 - n / 2) * pix
     u = c + shift_u  # detector columns: patient right -> left (as the CT columns)
@@ -138,7 +152,7 @@ def _render(proj: _Projector, angle: float, rng: np.random.Generator, nodule: di
     grid = torch.from_numpy(np.stack(np.broadcast_arrays(gx[None, :], gy[:, None]), axis=-1))[None]
     line = F.grid_sample(torch.from_numpy(pz)[None, None], grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)[0, 0].numpy().astype(np.float64)
-    energy = rng.uniform(*p["energy_scale"])
+    energy = exp["energy_scale"]
     line *= energy
     meta = {"angle_deg": angle, "field_mm": field, "diameter_mm": 0.0, "delta_hu": 0.0,
             "nodule_row": -1.0, "nodule_col": -1.0}
@@ -156,12 +170,11 @@ def _render(proj: _Projector, angle: float, rng: np.random.Generator, nodule: di
         line += dmu * acc / 9.0
         meta.update(diameter_mm=2 * r, delta_hu=dhu, nodule_row=float((z_centre - zc) / pix + n / 2 - 0.5),
                     nodule_col=float((uc - shift_u) / pix + n / 2 - 0.5))
-    i0 = math.exp(rng.uniform(math.log(p["photons"][0]), math.log(p["photons"][1])))
+    i0 = exp["photons"]
     counts = rng.poisson(i0 * np.exp(-line))
     measured = -np.log(np.maximum(counts, 0.5) / i0)
-    gain, offset = rng.uniform(*p["gain"]), rng.uniform(*p["offset"])
-    stored = np.clip(np.rint(offset + gain * measured), 0, 4095).astype(np.uint16)
-    meta.update(photons=i0, gain=gain, offset=offset, energy_scale=energy)
+    stored = np.clip(np.rint(exp["offset"] + exp["gain"] * measured), 0, 4095).astype(np.uint16)
+    meta.update(photons=i0, gain=exp["gain"], offset=exp["offset"], energy_scale=energy)
     return stored, meta
 
 
@@ -186,11 +199,13 @@ def build(p: dict, seed: int, progress=None) -> dict:
         labels = np.empty(size, np.int64)
         metas: dict[str, list] = {}
         for i in range(size):
-            # One generator per image: image i of a split is the same whatever the split size,
-            # so --fast data is a prefix of the full data.
-            rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
+            # Matched pairs: images 2k (no nodule) and 2k+1 (nodule) share projection and exposure
+            # and differ in the nodule and the quantum noise, so a network learns the lesion rather
+            # than a nuisance. Seeded per (seed, split, pair) and (seed, split, image): image i of a
+            # split is the same whatever the split size (--fast data is a prefix of the full data).
+            exposure = draw_exposure(np.random.default_rng([seed, _SPLIT_IDS[split], i // 2]), split_angles, p)
+            rng = np.random.default_rng([seed, _SPLIT_IDS[split], i // 2, 1 + i % 2])
             label = i % 2
-            angle = float(split_angles[rng.integers(len(split_angles))])
             nodule = None
             if label:
                 r = rng.uniform(*p["diameter_mm"]) / 2
@@ -201,7 +216,8 @@ def build(p: dict, seed: int, progress=None) -> dict:
                           "z_mm": (kz + 0.5 + jit[0]) * proj.dz,
                           "y_mm": (ky + 0.5 + jit[1] - h / 2) * proj.dxy,
                           "x_mm": (kx + 0.5 + jit[2] - w / 2) * proj.dxy}
-            images[i], meta = _render(proj, angle, rng, nodule, p)
+            images[i], meta = _render(proj, exposure, rng, nodule, p)
+            meta["pair"] = i // 2
             labels[i] = label
             for k, v in meta.items():
                 metas.setdefault(k, []).append(v)
@@ -222,7 +238,8 @@ def build(p: dict, seed: int, progress=None) -> dict:
                          "detector gain/offset",
             "label": HONEST_LABEL,
             "split_rule": "nodule centres from disjoint lung z-blocks per split (4 slices = 10 mm, 2-slice gaps); "
-                          "disjoint projection angles per split; independent noise per image",
+                          "disjoint projection angles per split; images in matched pairs (same projection and "
+                          "exposure, one without and one with a nodule, independent quantum noise)",
             "caveat": "one patient's anatomy in every image; a model can learn this anatomy's background. Not a "
                       "measure of nodule detection on real radiographs; not clinically validated",
         },
