@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import tempfile
 from collections.abc import Callable, Mapping
@@ -267,12 +268,8 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
             "notes": _notes(ds, task),
         }
         say("writing outputs")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for k in sorted(write):
-            report_mod.write_atomic(out_dir / FILES[k], models[k].SerializeToString())
-            rep["variants"][k]["sha256"] = graph.sha256_file(out_dir / FILES[k])
-        report_mod.write_atomic(out_dir / REPORT_JSON, report_mod.to_json(rep))
-        report_mod.write_atomic(out_dir / REPORT_MD, report_mod.to_markdown(report_mod._clean(rep)).encode())
+        _publish(out_dir, {FILES[k]: models[k].SerializeToString() for k in sorted(write)}, rep,
+                 stale=[FILES[k] for k in FILES if k not in write])
 
     after = {p: graph.sha256_file(export_dir / p) for p in input_hashes}
     if after != input_hashes:  # never expected: this code only reads the export folder
@@ -281,6 +278,31 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
         gate_mod.raise_if_failed(violations, rep["sensitivity"], str(out_dir / REPORT_JSON))
     return rep
 
+
+
+def _publish(out_dir: Path, model_bytes: dict[str, bytes], rep: dict[str, Any], *, stale: list[str]) -> None:
+    """Write the models and the report as one set. `slicert build` takes each variant's gate verdict from
+    accuracy_report.json, so an interrupted (forced) re-run must never leave new models beside an old
+    report: everything is staged first, then moved in with the report last. The old report goes first,
+    and our own variant files this run did not produce (a forced re-run's leftovers) are removed."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    try:
+        by_file = {v.get("file"): k for k, v in rep["variants"].items() if v.get("file")}
+        for name, data in model_bytes.items():
+            report_mod.write_atomic(staging / name, data)
+            rep["variants"][by_file[name]]["sha256"] = graph.sha256_file(staging / name)
+        report_mod.write_atomic(staging / REPORT_JSON, report_mod.to_json(rep))
+        report_mod.write_atomic(staging / REPORT_MD, report_mod.to_markdown(report_mod._clean(rep)).encode())
+        (out_dir / REPORT_JSON).unlink(missing_ok=True)
+        for name in stale:
+            (out_dir / name).unlink(missing_ok=True)
+        for name in [*model_bytes, REPORT_MD, REPORT_JSON]:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 def _environment() -> dict[str, Any]:
     import onnx
