@@ -60,8 +60,7 @@ def _quantize(task: str, student_dir: Path, out: Path, *, force: bool, say: Say)
     student_sha = _sha(student_dir / "model.onnx")
     if report_path.is_file() and not force:
         old = json.loads(report_path.read_text())
-        if old.get("source_sha256") == student_sha or old.get("variants", {}).get("fp32", {}).get(
-                "source_sha256") == student_sha:
+        if (old.get("model") or {}).get("source_sha256") == student_sha:
             say(f"{task}: quantized models cached ({out})")
             return old, "cached"
     say(f"{task}: quantizing (FP16, INT8 Q/DQ, mixed) with the accuracy gate")
