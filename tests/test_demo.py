@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_demo_accuracy_gate_held(demo_out):
     out, _ = demo_out
     report = json.loads((out / "report.json").read_text())
     for task, t in report["tasks"].items():
-        acc = json.loads(open(t["quantization"]["report"]).read())
+        acc = json.loads(Path(t["quantization"]["report"]).read_text())
         shipped = [name for name, v in acc["variants"].items() if v.get("file") and name != "fp32"]
         assert shipped, f"{task}: no reduced-precision variant shipped"
         for name in shipped:
