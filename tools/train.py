@@ -58,11 +58,9 @@ class TaskTensors:
 
 
 def bf16_supported() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from engine.envinfo import cpu_flags
+
+    return bool(cpu_flags(("avx512_bf16", "amx_bf16")))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
