@@ -118,8 +118,10 @@ def test_drr_nodule_projection_is_where_the_metadata_says(ct_volume):
     nod = {"radius_mm": 6.0, "delta_hu": 900.0, "z_mm": (kz + 0.5) * proj.dz,
            "y_mm": (ky + 0.5 - h / 2) * proj.dxy, "x_mm": (kx + 0.5 - h / 2) * proj.dxy}
     p_nonoise = {**p, "photons": [1e12, 1e12]}  # no visible quantum noise
-    with_n, meta = drr._render(proj, 7.0, np.random.default_rng(1), nod, p_nonoise)
-    without, _ = drr._render(proj, 7.0, np.random.default_rng(1), None, p_nonoise)
+    # One exposure for both renders (a matched pair): the 7 degree view, no quantum noise.
+    exp = drr.draw_exposure(np.random.default_rng(0), np.array([7.0]), p_nonoise)
+    with_n, meta = drr._render(proj, exp, np.random.default_rng(1), nod, p_nonoise)
+    without, _ = drr._render(proj, exp, np.random.default_rng(1), None, p_nonoise)
     diff = with_n.astype(float) - without.astype(float)
     r, c = np.unravel_index(np.argmax(diff), diff.shape)
     assert abs(r - meta["nodule_row"]) <= 1.5 and abs(c - meta["nodule_col"]) <= 1.5
