@@ -16,4 +16,4 @@ class UnwritableOutput(InputError):
     """An output directory cannot be created or written."""
 
 
-__all__ = ["DataMissing", "ChecksumMismatch", "UnwritableOutput"]
+__all__ = ["ChecksumMismatch", "DataMissing", "UnwritableOutput"]

@@ -76,7 +76,7 @@ def classification_report(test_scores, test_labels, val_scores, val_labels) -> d
     out = {"auc": roc_auc(test_scores, test_labels)}
     out["auc_ci95"] = list(auc_bootstrap_ci(test_scores, test_labels))
     out.update(binary_metrics(test_scores, test_labels, t))
-    out["n"] = int(len(test_labels))
+    out["n"] = len(test_labels)
     return out
 
 

@@ -9,7 +9,7 @@ every op has INT8 Q/DQ support in ONNX Runtime and TensorRT.
 | resnet_teacher | classification | ResNet-style: stem + 4 stages of basic blocks, GAP, FC |
 | cnn_student    | classification | plain Conv-BN-ReLU stack (VGG-like), GAP, FC            |
 | unet_teacher   | segmentation   | U-Net, 3 downsamplings, widths 16-32-64-128            |
-| unet_student   | segmentation   | the same U-Net topology, widths 4-12-32-64             |
+| unet_student   | segmentation   | the same U-Net topology, widths 6-12-24-48             |
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class BasicBlock(nn.Module):
 class ResNetTeacher(nn.Module):
     """ResNet-style classifier: stride-2 stem, one basic block per stage (strides 1, 2, 2, 2)."""
 
-    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (24, 48, 96, 192)):
+    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128)):
         super().__init__()
         self.stem = conv_bn_relu(in_channels, widths[0], stride=2)
         stages, cin = [], widths[0]
@@ -56,7 +56,7 @@ class ResNetTeacher(nn.Module):
 class CNNStudent(nn.Module):
     """Plain Conv-BN-ReLU classifier: per stage one stride-2 conv and one stride-1 conv."""
 
-    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (8, 16, 32, 64)):
+    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (8, 16, 24, 48)):
         super().__init__()
         layers, cin = [], in_channels
         for w in widths:
@@ -101,8 +101,7 @@ ARCHS = {
     "resnet_teacher": lambda k, c: ResNetTeacher(k, c),
     "cnn_student": lambda k, c: CNNStudent(k, c),
     "unet_teacher": lambda k, c: UNet(k, c, widths=(16, 32, 64, 128)),
-    # Thin at full resolution (where the teacher spends most FLOPs), wider at low resolution.
-    "unet_student": lambda k, c: UNet(k, c, widths=(4, 12, 32, 64)),
+    "unet_student": lambda k, c: UNet(k, c, widths=(6, 12, 24, 48)),
 }
 PAIRS = {"classification": ("resnet_teacher", "cnn_student"), "segmentation": ("unet_teacher", "unet_student")}
 

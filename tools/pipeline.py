@@ -18,14 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from engine.errors import OutputExists
-from tools.io import ensure_writable_dir, read_json, sha256_file, torch_save_atomic, write_json_atomic, \
-    write_text_atomic
+from tools.io import (
+    ensure_writable_dir,
+    read_json,
+    sha256_file,
+    torch_save_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 # progress(stage, fraction in [0, 1], message): stage is "<task>/<step>".
 Progress = Callable[[str, float, str], None]
@@ -297,6 +303,8 @@ def run_toolchain(out_dir: str | Path, *, tasks: tuple[str, ...] | None = None, 
         raise InputError(f"unknown step(s) {unknown}; steps are {STEPS}")
     out_dir = _claim_out_dir(out_dir, force)
     torch.set_num_threads(2)
+    # Subnormal weights/optimizer states slow x86 float math by orders of magnitude late in training.
+    torch.set_flush_denormal(True)
     result: dict = {"out_dir": str(out_dir), "fast": fast, "seed": seed, "tasks": {}}
     for task in tasks:
         run = _TaskRun(task, out_dir, fast=fast, force=force, seed=seed, cache_dir=cache_dir, progress=progress)

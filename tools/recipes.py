@@ -37,16 +37,16 @@ def recipe(task: str, fast: bool, seed: int = 0) -> Recipe:
     from engine.errors import InputError
 
     if task == "ct_organs":
-        e_t, e_s = (12, 12) if fast else (40, 40)
+        e_t, e_s = (10, 10) if fast else (30, 30)
         return _recipe(task, "unet_teacher", "unet_student",
                        TrainConfig(epochs=e_t, batch_size=16, lr=3e-3, augment=_CT_AUG, seed=seed),
-                       TrainConfig(epochs=e_s, batch_size=16, lr=5e-3, augment=_CT_AUG, seed=seed + 1),
+                       TrainConfig(epochs=e_s, batch_size=16, lr=3e-3, augment=_CT_AUG, seed=seed + 1),
                        kd_alpha=0.5, kd_t=2.0)
     if task == "us_phantom":
-        e_t, e_s = (5, 5) if fast else (14, 14)
+        e_t, e_s = (6, 6) if fast else (12, 12)
         return _recipe(task, "unet_teacher", "unet_student",
                        TrainConfig(epochs=e_t, batch_size=16, lr=3e-3, augment=_US_AUG, seed=seed),
-                       TrainConfig(epochs=e_s, batch_size=16, lr=5e-3, augment=_US_AUG, seed=seed + 1),
+                       TrainConfig(epochs=e_s, batch_size=16, lr=3e-3, augment=_US_AUG, seed=seed + 1),
                        kd_alpha=0.5, kd_t=2.0)
     if task == "cxr_nodule":
         e_t, e_s = (10, 10) if fast else (14, 14)

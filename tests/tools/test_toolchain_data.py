@@ -2,6 +2,7 @@
 engine.preprocess path, and typed errors for a missing or corrupt data package."""
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_z_block_splits_are_disjoint_with_gaps(block, gap):
             assert s not in owner, f"slice {s} in {owner.get(s)} and {name}"
             owner[s] = name
     items = sorted(owner.items())
-    for (z0, a), (z1, b) in zip(items, items[1:]):
+    for (z0, a), (z1, b) in itertools.pairwise(items):
         if a != b:
             assert z1 - z0 > gap, f"slices {z0} ({a}) and {z1} ({b}) are closer than the {gap}-slice gap"
     assert set(splits) == {"train", "val", "calib", "test"}

@@ -11,9 +11,9 @@ Splits: "train", "val" (model selection), "calib" (quantization calibration), "t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def _module(name: str):
                            sources=lambda: ct.verify_sources(ct.find_data_dir())),
         "us_phantom": dict(task=us_phantom.TASK, labels=us_phantom.LABELS, spec=us_phantom.spec,
                            params=us_phantom.params, build=us_phantom.build, version=us_phantom.VERSION,
-                           voi_policy="dicom", sources=lambda: {}),
+                           voi_policy="dicom", sources=dict),
     }
     if name not in registry:
         raise InputError(f"unknown dataset {name!r}; available: {sorted(registry)}")

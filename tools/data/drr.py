@@ -188,7 +188,7 @@ def build(p: dict, seed: int, progress=None) -> dict:
     angle_split = np.array([p["angle_pattern"][i % len(p["angle_pattern"])] for i in range(len(angles))])
     lung_z = np.flatnonzero(proj.lung.any(axis=(1, 2)))
     zb = z_block_splits(len(lung_z), p["nodule_z_block"], p["nodule_z_gap"], tuple(p["nodule_z_pattern"]))
-    zdim, h, w = proj.mu.shape
+    _, h, w = proj.mu.shape
     out = {}
     total = sum(p["sizes"].values())
     done = 0

@@ -23,7 +23,7 @@ TASK = "segmentation"
 LABELS = ("background", "cyst", "lesion")
 IMAGE_PX = 256  # stored image side; the model sees it area-resized to 96
 N_DEPTH, N_BEAMS = 320, 128  # polar (axial, lateral) sampling before scan conversion
-SPLITS_FULL = {"train": 480, "val": 80, "calib": 256, "test": 160}
+SPLITS_FULL = {"train": 320, "val": 80, "calib": 256, "test": 160}
 SPLITS_FAST = {"train": 96, "val": 32, "calib": 256, "test": 64}
 
 
