@@ -4,6 +4,7 @@ Classification: soft-target KD (Hinton et al. 2015):
     L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
 Segmentation: pixel-wise KD plus Dice:
     L = alpha * T^2 * mean_pixels KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y) + w * Dice(s, y)
+(CE class-weighted exactly as in the student's supervised training, see TrainConfig.class_balance.)
 T^2 keeps the gradient scale of the soft term independent of T. The teacher sees exactly the same
 augmented batch as the student.
 """
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.train import Progress, TaskTensors, TrainConfig, fit, soft_dice_loss
+from tools.train import Progress, TaskTensors, TrainConfig, class_weights, fit, soft_dice_loss
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -25,11 +26,11 @@ def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl.mean() * t * t
 
 
-def kd_loss(task: str, num_classes: int, cfg: TrainConfig):
+def kd_loss(task: str, num_classes: int, cfg: TrainConfig, weights: torch.Tensor | None = None):
     a, t = cfg.kd_alpha, cfg.kd_temperature
 
     def loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        out = a * kd_term(logits, teacher_logits, t) + (1 - a) * F.cross_entropy(logits, y)
+        out = a * kd_term(logits, teacher_logits, t) + (1 - a) * F.cross_entropy(logits, y, weight=weights)
         if task == "segmentation" and cfg.dice_weight:
             out = out + cfg.dice_weight * soft_dice_loss(logits, y, num_classes)
         return out
@@ -45,7 +46,8 @@ def distill_model(arch: str, teacher: nn.Module, data: TaskTensors, cfg: TrainCo
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = models.build(arch, data.num_classes, in_channels, seed=cfg.seed)
-    record = fit(student, data, cfg, kd_loss(data.task, data.num_classes, cfg), teacher=teacher,
+    weights = class_weights(data.y["train"], data.num_classes, cfg.class_balance)
+    record = fit(student, data, cfg, kd_loss(data.task, data.num_classes, cfg, weights), teacher=teacher,
                  progress=progress)
     record["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
     return student, record

@@ -96,3 +96,16 @@ def segmentation_report(pred: np.ndarray, target: np.ndarray, labels: tuple[str,
     return {"dice": {lab: v for lab, v in zip(labels[1:], d[1:])},
             "mean_dice": float(np.mean(fg)) if fg else float("nan"),
             "pixel_accuracy": float((pred == target).mean()), "n": int(pred.shape[0])}
+
+
+def sensitivity_by_bin(scores: np.ndarray, labels: np.ndarray, values: np.ndarray, threshold: float,
+                       edges: list[float]) -> dict[str, dict]:
+    """Sensitivity of positives grouped by `values` (e.g. lesion diameter in mm) into [edges[i], edges[i+1])."""
+    labels = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) >= threshold
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = labels & (values >= lo) & (values < hi)
+        n = int(sel.sum())
+        out[f"{lo:g}-{hi:g}"] = {"n": n, "sensitivity": float(pred[sel].mean()) if n else float("nan")}
+    return out

@@ -176,7 +176,12 @@ class _TaskRun:
         yt = t.y["test"].numpy()
         if self.ds.task == "classification":
             lv = predict(model, t.x["val"])
-            return metrics.classification_report(_softmax(lt)[:, 1], yt, _softmax(lv)[:, 1], t.y["val"].numpy())
+            rep = metrics.classification_report(_softmax(lt)[:, 1], yt, _softmax(lv)[:, 1], t.y["val"].numpy())
+            diameter = self.ds.splits["test"].meta.get("diameter_mm")
+            if diameter is not None:  # lesion size is known for the simulated lesions
+                rep["sensitivity_by_diameter_mm"] = metrics.sensitivity_by_bin(
+                    _softmax(lt)[:, 1], yt, diameter, rep["threshold"], [10, 15, 20, 25, 30.01])
+            return rep
         return metrics.segmentation_report(lt.argmax(axis=1), yt, self.ds.labels)
 
     def profile(self, model) -> dict:

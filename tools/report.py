@@ -55,6 +55,10 @@ def markdown_report(result: dict) -> str:
                        f"KD: {m['student_kd'].get('kd')}.")
             out.append("")
         out += [task_table(t), ""]
+        bins = (m.get("student_kd", {}).get("test") or {}).get("sensitivity_by_diameter_mm")
+        if bins:
+            cells = ", ".join(f"{k} mm: {_f(v['sensitivity'], 2)} (n={v['n']})" for k, v in bins.items())
+            out += [f"Sensitivity of the distilled student by lesion diameter: {cells}.", ""]
         steps = ", ".join(f"{k}: {v}" for k, v in t["steps"].items())
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in t["seconds"].items())
         out += [f"Steps: {steps}. Times: {secs}.", ""]

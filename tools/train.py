@@ -41,6 +41,9 @@ class TrainConfig:
     kd_temperature: float = 1.0  # used by tools.distill only
     kd_alpha: float = 0.0  # weight of the distillation term (0 = plain supervised training)
     paired: bool = False  # training images come in matched pairs (2k, 2k+1): keep pairs in one batch
+    # Cross-entropy class weights = frequency^-class_balance (0 = unweighted). Small segmenters
+    # otherwise settle in a minimum that never predicts a small organ (the heart on CT).
+    class_balance: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -72,9 +75,19 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int)
     return 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
 
 
-def supervised_loss(task: str, num_classes: int, dice_weight: float):
+def class_weights(y: torch.Tensor, num_classes: int, power: float) -> torch.Tensor | None:
+    """freq^-power, normalized so the frequency-weighted mean weight is 1; None when power is 0."""
+    if not power:
+        return None
+    freq = torch.bincount(y.reshape(-1), minlength=num_classes).double()
+    freq = freq / freq.sum()
+    w = freq.clamp_min(1e-6) ** -power
+    return (w / (w * freq).sum()).float()
+
+
+def supervised_loss(task: str, num_classes: int, dice_weight: float, weights: torch.Tensor | None = None):
     def loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits, y, weight=weights)
         if task == "segmentation" and dice_weight:
             return ce + dice_weight * soft_dice_loss(logits, y, num_classes)
         return ce
@@ -193,7 +206,8 @@ def train_model(arch: str, data: TaskTensors, cfg: TrainConfig, *, progress: Pro
     from tools import models
 
     model = models.build(arch, data.num_classes, in_channels, seed=cfg.seed)
-    record = fit(model, data, cfg, supervised_loss(data.task, data.num_classes, cfg.dice_weight),
+    weights = class_weights(data.y["train"], data.num_classes, cfg.class_balance)
+    record = fit(model, data, cfg, supervised_loss(data.task, data.num_classes, cfg.dice_weight, weights),
                  progress=progress)
     return model, record
 

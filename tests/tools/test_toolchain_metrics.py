@@ -59,3 +59,13 @@ def test_dice_per_class(rng):
     assert math.isnan(d[3])  # absent from both
     rep = metrics.segmentation_report(pred, target, ("bg", "a", "b"))
     assert rep["mean_dice"] == pytest.approx((d[1] + d[2]) / 2)
+
+
+def test_sensitivity_by_bin():
+    scores = np.array([0.9, 0.2, 0.8, 0.7, 0.1, 0.6])
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    size = np.array([12.0, 14.0, 22.0, 29.0, 0.0, 0.0])
+    out = metrics.sensitivity_by_bin(scores, labels, size, 0.5, [10, 15, 20, 30.01])
+    assert out["10-15"] == {"n": 2, "sensitivity": 0.5}
+    assert out["15-20"]["n"] == 0 and math.isnan(out["15-20"]["sensitivity"])
+    assert out["20-30.01"] == {"n": 2, "sensitivity": 1.0}
