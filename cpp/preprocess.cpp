@@ -20,6 +20,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bindings.hpp"
@@ -136,6 +137,52 @@ void affine_rows_m(int m, const T* const* q, const float* w, int n, const pm::Af
   }
 }
 
+// RGB -> BT.601 luma with an affine chain, M rows per pass, for interleaved (SX = 3) and planar
+// (SX = 1) pixels: the per-pixel fetch() of the generic path branched per sample and did not
+// vectorize (1.8 ms vs 0.08 ms for grey on a 600x800 echo frame). Same operations in the same order
+// as fetch + accumulate_row, so the same bits.
+template <typename T, int M, bool INIT, int SX>
+SLICERT_MULTIVERSION void affine_luma_rows(const T* const* __restrict qr, const T* const* __restrict qg,
+                                           const T* const* __restrict qb, const float* __restrict w, int n,
+                                           pm::Affine f, float* __restrict acc) {
+  const T* __restrict r[M];
+  const T* __restrict g[M];
+  const T* __restrict b[M];
+  float wk[M];
+  for (int i = 0; i < M; ++i) {
+    r[i] = qr[i];
+    g[i] = qg[i];
+    b[i] = qb[i];
+    wk[i] = w[i];
+  }
+  for (int x = 0; x < n; ++x) {
+    float s = INIT ? 0.0f : acc[x];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const float v = pm::luma_bt601(pm::affine_value(static_cast<float>(r[i][x * SX]), f),
+                                     pm::affine_value(static_cast<float>(g[i][x * SX]), f),
+                                     pm::affine_value(static_cast<float>(b[i][x * SX]), f));
+      s += wk[i] * v;
+    }
+    acc[x] = s;
+  }
+}
+
+template <typename T, bool INIT, int SX>
+void affine_luma_rows_m(int m, const T* const* qr, const T* const* qg, const T* const* qb, const float* w, int n,
+                        const pm::Affine& f, float* acc) {
+  switch (m) {
+    case 1: return affine_luma_rows<T, 1, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 2: return affine_luma_rows<T, 2, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 3: return affine_luma_rows<T, 3, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 4: return affine_luma_rows<T, 4, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 5: return affine_luma_rows<T, 5, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 6: return affine_luma_rows<T, 6, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    case 7: return affine_luma_rows<T, 7, INIT, SX>(qr, qg, qb, w, n, f, acc);
+    default: return affine_luma_rows<T, 8, INIT, SX>(qr, qg, qb, w, n, f, acc);
+  }
+}
+
 // Table rows stay scalar: AVX2/AVX-512 gathers measured slower than scalar loads here.
 template <typename T>
 __attribute__((noinline)) void lut_row(const T* __restrict q, const float* __restrict lut, int n, float wy, bool init,
@@ -187,6 +234,36 @@ void accumulate_span(const PixelSource& s, const pm::AreaSpan& sp, int n, float*
         }
         if (k == 0) affine_rows_m<T, true>(m, q, w, n, *s.affine, acc);
         else affine_rows_m<T, false>(m, q, w, n, *s.affine, acc);
+      }
+      return;
+    }
+  }
+  if constexpr (CIN == 3 && CW == 1 && std::is_integral_v<T>) {
+    const int64_t e = static_cast<int64_t>(sizeof(T));
+    const bool aligned = reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 && s.img.sy % e == 0 &&
+                         s.img.sc % e == 0;
+    const bool interleaved = s.img.sx == 3 * e && s.img.sc == e, planar = s.img.sx == e;
+    if (s.affine && !s.eq_table && aligned && (interleaved || planar)) {
+      for (int k = 0; k < sp.count; k += 8) {
+        const T* qr[8];
+        const T* qg[8];
+        const T* qb[8];
+        float w[8];
+        const int m = std::min(8, sp.count - k);
+        for (int i = 0; i < m; ++i) {
+          const char* row = s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy;
+          qr[i] = reinterpret_cast<const T*>(row);
+          qg[i] = reinterpret_cast<const T*>(row + s.img.sc);
+          qb[i] = reinterpret_cast<const T*>(row + 2 * s.img.sc);
+          w[i] = pm::area_weight(sp, k + i);
+        }
+        if (interleaved) {
+          if (k == 0) affine_luma_rows_m<T, true, 3>(m, qr, qg, qb, w, n, *s.affine, acc);
+          else affine_luma_rows_m<T, false, 3>(m, qr, qg, qb, w, n, *s.affine, acc);
+        } else {
+          if (k == 0) affine_luma_rows_m<T, true, 1>(m, qr, qg, qb, w, n, *s.affine, acc);
+          else affine_luma_rows_m<T, false, 1>(m, qr, qg, qb, w, n, *s.affine, acc);
+        }
       }
       return;
     }

@@ -314,3 +314,25 @@ def test_pydicom_chain_agrees_on_real_ct():
                           voi_function="linear", window_center=c, window_width=w, output_min=ymin, output_max=ymax)
     got = run_poisoned(raw, spec)[0, 0]
     assert_close(got, expected, atol=1e-6 * (ymax - ymin), rtol=1e-6, what="pydicom apply_voi_lut")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_rgb_to_grey_area_fast_rows_match_generic_path(rng, dtype):
+    # Interleaved (H, W, 3) and planar (a (3, H, W) array viewed as H, W, 3, as pydicom decodes
+    # YBR cines) take the SIMD luma rows; a BGRA view (channel stride -1) takes the per-pixel
+    # fetch. All three must give the same bits, and match the float64 reference.
+    hi = 256 if dtype == np.uint8 else 4096
+    planes = rng.integers(0, hi, (3, 150, 203), dtype=dtype)
+    planar = planes.transpose(1, 2, 0)
+    interleaved = np.ascontiguousarray(planar)
+    bgra = np.empty((150, 203, 4), dtype)
+    bgra[..., 2::-1] = interleaved
+    generic = bgra[..., 2::-1]
+    for thin in (False, True):  # area spans of 1-2 rows and of more than eight rows
+        oh, ow = (97, 130) if not thin else (13, 17)
+        spec = PreprocessSpec(out_height=oh, out_width=ow, in_channels=3, out_channels=1, resize="area",
+                              window_center=hi / 2 - 3, window_width=hi * 0.7)
+        ref_out = run_poisoned(generic, spec)
+        np.testing.assert_array_equal(run_poisoned(interleaved, spec), ref_out)
+        np.testing.assert_array_equal(run_poisoned(planar, spec), ref_out)
+        check(interleaved, spec, what=f"rgb->grey area {dtype.__name__} {oh}x{ow}")
