@@ -174,8 +174,10 @@ def _select_backend(bundle: Bundle, backend: str, precision: str, options: dict[
 class Session:
     """A loaded bundle, ready to run. Create with `engine.load(path, ...)`."""
 
-    def __init__(self, bundle: Bundle, backend, *, why: str, variant: str, max_concurrency: int | None = None):
+    def __init__(self, bundle: Bundle, backend, *, why: str, variant: str, max_concurrency: int | None = None,
+                 min_side: int = 16):
         self.bundle = bundle
+        self.min_side = min_side
         self.spec: PreprocessSpec = bundle.spec
         self.task: str = bundle.task
         self.labels: list[str] = bundle.labels
@@ -392,6 +394,13 @@ class Session:
             scores[...] = raw
         r.label = self.labels[int(scores.argmax())]
 
+    def _too_small(self, hw) -> InputError:
+        # A model fed a constant or near-constant upsampled image still answers, confidently and
+        # meaninglessly: a scanner handing over a 1x1 or 1xN image has a bug upstream, so say so.
+        return InputError(f"the image is {hw[0]}x{hw[1]} pixels, below this session's min_side={self.min_side} "
+                          f"(the model sees {self.spec.out_height}x{self.spec.out_width}, which would be interpolated "
+                          f"from almost nothing); pass engine.load(..., min_side=1) to accept tiny images")
+
     def _non_finite_error(self) -> InputError:
         return InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
                           f"spec (window/rescale) matches the data, or load with precision='fp32'")
@@ -457,12 +466,14 @@ class Session:
         try:
             pixels, spec_used, frame, spacing, decode_ns, frame_index = self._resolve(x, spec, frame, spacing)
             t1 = _perf_ns()
-            backend.stage(pixels, spec_used, 0, frame=frame)
+            backend.stage(pixels, spec_used, 0, frame=frame)  # validates dtype, shape, strides, values
             t2 = _perf_ns()
+            src_hw = pixels.shape[-3:-1] if spec_used.in_channels == 3 else pixels.shape[-2:]
+            if src_hw[0] < self.min_side or src_hw[1] < self.min_side:
+                raise self._too_small(src_hw)
             outs = backend.infer(1)
             t3 = _perf_ns()
             r = result if result is not None else Result(self.task, self.labels)
-            src_hw = pixels.shape[-3:-1] if spec_used.in_channels == 3 else pixels.shape[-2:]
             self._postprocess(outs[self._out_name][0], r, src_hw, spec_used, spacing)
             t4 = _perf_ns()
         finally:
@@ -497,6 +508,9 @@ class Session:
                 t1 = _perf_ns()
                 for i, (pixels, s, frame, _sp, _d, _fi) in enumerate(resolved):
                     backend.stage(pixels, s, i, frame=frame)
+                    hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
+                    if hw[0] < self.min_side or hw[1] < self.min_side:
+                        raise self._too_small(hw)
                 t2 = _perf_ns()
                 outs = backend.infer(len(chunk))
                 t3 = _perf_ns()
@@ -670,7 +684,8 @@ class _Mailbox:
 
 def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
-         use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None) -> Session:
+         use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None,
+         min_side: int = 16) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.
 
     backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
@@ -686,7 +701,10 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     lean_runtime: path to the libnvinfer_lean library of the TensorRT version that built a
     version-compatible engine (needed when that version differs from this one: SliceRT builds such
     plans with EXCLUDE_LEAN_RUNTIME so devices can ship the small lean runtime).
+    min_side: smallest image side in pixels `run` accepts (InputError below it; default 16).
     """
+    if not isinstance(min_side, int) or isinstance(min_side, bool) or min_side < 1:
+        raise InputError(f"min_side must be an integer >= 1 (pixels), got {min_side!r}")
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
     if not isinstance(device, int) or isinstance(device, bool) or device < 0:
@@ -714,7 +732,7 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     except BaseException:
         bundle.close()
         raise
-    return Session(bundle, b, why=why, variant=variant)
+    return Session(bundle, b, why=why, variant=variant, min_side=min_side)
 
 
 __all__ = ["Result", "Session", "load"]

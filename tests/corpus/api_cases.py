@@ -114,12 +114,21 @@ def array_cases() -> list[Case]:
                           pixel_spacing_mm=spacing))
     cases.append(_run("array/spec-not-a-spec", _arr(), "InputError", r"PreprocessSpec", "spec={} (a dict)",
                       spec={"make": "value", "value": {}}))
-    # degenerate but valid: accepted, result finite and identical to the same pixels laid out plainly
+    # too small to mean anything for a model: a typed error naming the size and the min_side option
     for name, recipe in [("1x1-uint16", _arr("uint16", (1, 1))), ("1x1-float32", _arr("float32", (1, 1))),
                          ("1x1-int32", _arr("int32", (1, 1))), ("1xN", _arr("uint16", (1, SIDE))),
-                         ("Nx1", _arr("uint16", (SIDE, 1))), ("2x2-int16", _arr("int16", (2, 2)))]:
-        cases.append(_run(f"array/accepted-{name}", recipe, ACCEPTED, r"", f"{name} image: degenerate but valid",
-                          native=True, reference="contiguous"))
+                         ("Nx1", _arr("uint16", (SIDE, 1))), ("2x2-int16", _arr("int16", (2, 2))),
+                         ("15xN", _arr("uint16", (15, SIDE)))]:
+        cases.append(_run(f"array/too-small-{name}", recipe, "InputError", r"pixels, below .*min_side=16",
+                          f"{name} image: below the session's min_side"))
+    # ... unless the caller lowers min_side: then degenerate but valid, finite and identical to the same
+    # pixels laid out plainly (the kernel's math is defined for any size >= 1)
+    for name, recipe in [("1x1-uint16", _arr("uint16", (1, 1))), ("1x1-float32", _arr("float32", (1, 1))),
+                         ("1xN", _arr("uint16", (1, SIDE))), ("Nx1", _arr("uint16", (SIDE, 1))),
+                         ("2x2-int16", _arr("int16", (2, 2)))]:
+        cases.append(_run(f"array/accepted-min-side-1-{name}", recipe, ACCEPTED, r"",
+                          f"{name} image with min_side=1: degenerate but valid", native=True,
+                          reference="contiguous", session="min_side_1"))
     for op in ("fortran", "reversed", "transposed", "every_other", "misaligned", "readonly"):
         for dtype in ("uint16", "float32"):
             cases.append(_run(f"array/accepted-{op}-{dtype}", _arr(dtype, (SIDE, SIDE), [op]), ACCEPTED, r"",

@@ -26,7 +26,7 @@ ENTRIES = (
 )
 
 # `expect` is the name of an engine.errors class, or ACCEPTED for degenerate-but-valid inputs
-# (e.g. a 1x1 image) that must give a finite, well-defined result instead of an error.
+# (e.g. a 1x1 image on a session loaded with min_side=1) that must give a finite, well-defined result.
 ACCEPTED = "accepted"
 
 

@@ -54,6 +54,7 @@ class Sessions:
         self.corpus = corpus
         self.classifier = engine.load(corpus / bundle_files.VALID_CLASSIFIER)
         self.segmenter = engine.load(corpus / bundle_files.VALID_SEGMENTER)
+        self.tiny_ok = engine.load(corpus / bundle_files.VALID_CLASSIFIER, min_side=1)  # accepts 1x1 images
         rng = np.random.default_rng(99)
         self.valid_inputs: list[Any] = [rng.integers(0, 4096, (64, 64)).astype(np.uint16),
                                         str(dicom_files.parent_path(dicom_files.CT))]
@@ -81,6 +82,7 @@ class Sessions:
     def close(self) -> None:
         self.classifier.close()
         self.segmenter.close()
+        self.tiny_ok.close()
 
 
 @contextlib.contextmanager
@@ -120,6 +122,10 @@ def _output_buffer(desc: dict[str, Any], x: np.ndarray) -> Any:
     return out
 
 
+def _session(sessions: Sessions, name: str):
+    return {"classifier": sessions.classifier, "segmenter": sessions.segmenter, "min_side_1": sessions.tiny_ok}[name]
+
+
 def _call(case: Case, sessions: Sessions) -> Any:
     """Run the case's entry point; returns what it returned (exceptions propagate)."""
     import engine
@@ -129,7 +135,7 @@ def _call(case: Case, sessions: Sessions) -> Any:
 
     corpus = sessions.corpus
     kw = dict(case.kwargs)
-    session = sessions.segmenter if kw.pop("session", "classifier") == "segmenter" else sessions.classifier
+    session = _session(sessions, kw.pop("session", "classifier"))
     path = corpus / case.file if case.file else None
     if case.entry in ("session.run", "session.stream", "session.run_batch", "dicom.read"):
         if path is not None:
@@ -200,8 +206,9 @@ def _check_accepted(case: Case, result: Any, sessions: Sessions) -> str | None:
     if scores is None or scores.shape != (len(sessions.classifier.labels),) or not np.isfinite(scores).all():
         return f"accepted input gave a malformed result: {result!r}"
     if case.kwargs.get("reference") == "contiguous":
-        x = materialize(case.recipe, sessions.classifier.spec)
-        ref = sessions.classifier.run(np.ascontiguousarray(x)).scores
+        session = _session(sessions, case.kwargs.get("session", "classifier"))
+        x = materialize(case.recipe, session.spec)
+        ref = session.run(np.ascontiguousarray(x)).scores
         if not np.array_equal(scores, ref):
             return f"scores {scores} differ from the same pixels given contiguously: {ref}"
     return None

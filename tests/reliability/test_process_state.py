@@ -62,9 +62,9 @@ def test_steady_state_calls_keep_numpy_error_state_and_warning_filters(bundle):
     def round_trip() -> None:
         with engine.load(bundle) as s:
             s.run(str(dicom_files.parent_path(dicom_files.CT)))
-            s.run(np.zeros((8, 8), np.float32))
+            s.run(np.zeros((16, 16), np.float32))
             with pytest.raises(engine.errors.InputError):
-                s.run(np.full((8, 8), np.nan, np.float32))
+                s.run(np.full((16, 16), np.nan, np.float32))
         dicom.read(dicom_files.parent_path(dicom_files.MF))
 
     round_trip()  # first use imports ONNX Runtime, pydicom plugins...: their import-time filters are theirs

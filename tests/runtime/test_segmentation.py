@@ -76,8 +76,8 @@ def test_run_into_reuses_mask_and_refuses_another_size(seg_session, rng):
     seg_session.run_into(out, x)
     assert out.mask is mask and out._scratch["small"] is small
     np.testing.assert_array_equal(out.mask, seg_session.run(x).mask)
-    with pytest.raises(InputError, match=r"allocated for a \(64, 48\) source.*new_result\(src_hw=\(10, 10\)\)"):
-        seg_session.run_into(out, rng.integers(0, 4096, size=(10, 10), dtype=np.uint16))
+    with pytest.raises(InputError, match=r"allocated for a \(64, 48\) source.*new_result\(src_hw=\(20, 20\)\)"):
+        seg_session.run_into(out, rng.integers(0, 4096, size=(20, 20), dtype=np.uint16))
     with pytest.raises(InputError, match="need the source image size"):
         seg_session.new_result()
 

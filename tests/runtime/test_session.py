@@ -78,10 +78,23 @@ def test_precision_choice(cls_bundle):
 
 
 @pytest.mark.parametrize("kwargs, match", [({"max_batch": 0}, "max_batch"), ({"threads": 0}, "threads"),
-                                           ({"device": -1}, "device")])
+                                           ({"device": -1}, "device"), ({"min_side": 0}, "min_side"),
+                                           ({"min_side": 2.5}, "min_side")])
 def test_bad_load_arguments(cls_bundle, kwargs, match):
     with pytest.raises(InputError, match=match):
         engine.load(cls_bundle, **kwargs)
+
+
+def test_images_below_min_side_are_refused_unless_allowed(cls_bundle, rng):
+    tiny = rng.integers(0, 4096, (15, 64)).astype(np.uint16)
+    with engine.load(cls_bundle) as s:
+        with pytest.raises(InputError, match=r"15x64 pixels, below this session's min_side=16"):
+            s.run(tiny)
+        with pytest.raises(InputError, match=r"min_side=16"):
+            s.run_batch([tiny[:, :16].T.copy(), tiny])
+        s.run(rng.integers(0, 4096, (16, 16)).astype(np.uint16))  # at the limit: accepted
+    with engine.load(cls_bundle, min_side=1) as s:
+        assert np.isfinite(s.run(tiny[:1, :1]).scores).all()
 
 
 # -- results ------------------------------------------------------------------------------------------
