@@ -83,6 +83,7 @@ class _Projector:
         self.dxy = ct.spacing_mm[1] * f
         self._proj: dict[float, np.ndarray] = {}
         self._eroded: dict[tuple[int, int], np.ndarray] = {}
+        self._centres: dict[tuple[int, int, bytes], np.ndarray] = {}
 
     def projection(self, angle_deg: float) -> np.ndarray:
         """(Z, W) line integrals through the volume rotated by angle_deg about the z axis."""
@@ -108,15 +109,22 @@ class _Projector:
         import torch.nn.functional as F
 
         kz, kxy = math.ceil(radius_mm / self.dz), math.ceil(radius_mm / self.dxy)
-        if (kz, kxy) not in self._eroded:
-            m = torch.from_numpy(self.lung.astype(np.float32))[None, None]
-            # Box erosion (conservative): min-pool = -maxpool(-x).
-            er = -F.max_pool3d(-m, (2 * kz + 1, 2 * kxy + 1, 2 * kxy + 1), stride=1, padding=(kz, kxy, kxy))
-            self._eroded[(kz, kxy)] = er[0, 0].numpy() > 0.5
-        er = self._eroded[(kz, kxy)]
-        zmask = np.zeros(er.shape[0], bool)
-        zmask[z_allowed] = True
-        return np.argwhere(er & zmask[:, None, None])
+        key = (kz, kxy, np.asarray(z_allowed).tobytes())
+        if key not in self._centres:
+            if (kz, kxy) not in self._eroded:
+                # Box erosion (conservative): min-pool = -maxpool(-x), one axis at a time. A box min is
+                # separable, so this is the same mask as one 3-D pool, ~30x faster (the 3-D pool took
+                # 1.7 s per radius and dominated building the data).
+                er = -torch.from_numpy(self.lung.astype(np.float32))[None, None]
+                for k, pad in (((2 * kz + 1, 1, 1), (kz, 0, 0)), ((1, 2 * kxy + 1, 1), (0, kxy, 0)),
+                               ((1, 1, 2 * kxy + 1), (0, 0, kxy))):
+                    er = F.max_pool3d(er, k, stride=1, padding=pad)
+                self._eroded[(kz, kxy)] = -er[0, 0].numpy() > 0.5
+            er = self._eroded[(kz, kxy)]
+            zmask = np.zeros(er.shape[0], bool)
+            zmask[z_allowed] = True
+            self._centres[key] = np.argwhere(er & zmask[:, None, None])
+        return self._centres[key]
 
 
 def draw_exposure(rng: np.random.Generator, angles: np.ndarray, p: dict) -> dict:
