@@ -51,6 +51,44 @@ def sigmoid(logits) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
 
 
+def class_scores_into(scores: np.ndarray, logits: np.ndarray, kind: str) -> int:
+    """Per-class scores of one slice into `scores` (float32, preallocated): kind "softmax", "sigmoid"
+    or "none" (logits copied). Returns the index of the best class, or -1 (scores untouched) when a
+    logit is NaN or Inf."""
+    if logits.size <= 32:
+        # A handful of logits: Python floats (float64) take fewer and cheaper calls than six NumPy
+        # ufunc dispatches on a 2-element array (Session.run's post-processing went from 4.5 to
+        # about 2 us), and round once, at the end.
+        vals = logits.tolist()
+        if not all(map(math.isfinite, vals)):
+            return -1
+        if kind == "softmax":
+            m = max(vals)
+            e = [math.exp(v - m) for v in vals]
+            t = sum(e)
+            vals = [v / t for v in e]
+        elif kind == "sigmoid":
+            vals = [0.5 * (1.0 + math.tanh(0.5 * v)) for v in vals]
+        scores[:] = vals
+        return vals.index(max(vals))
+    # A float64-accumulated sum is NaN/Inf iff some element is: one pass, no temporary array.
+    if not math.isfinite(float(logits.sum(dtype=np.float64))):
+        return -1
+    if kind == "softmax":
+        np.subtract(logits, logits.max(), out=scores)
+        np.exp(scores, out=scores)
+        scores /= scores.sum()
+    elif kind == "sigmoid":
+        # (1 + tanh(x/2)) / 2: the same overflow-free form as sigmoid() above.
+        np.multiply(logits, 0.5, out=scores)
+        np.tanh(scores, out=scores)
+        scores += 1.0
+        scores *= 0.5
+    else:
+        scores[...] = logits
+    return int(scores.argmax())
+
+
 def argmax_mask(logits, *, out: np.ndarray | None = None) -> np.ndarray:
     """(K, H, W) or (1, K, H, W) logits -> uint8 (H, W) class mask. K == 1 is a sigmoid head:
     foreground where logit > 0. Ties go to the lower class index; a NaN logit never wins."""

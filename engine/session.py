@@ -176,8 +176,11 @@ class Session:
 
     def __init__(self, bundle: Bundle, backend, *, why: str, variant: str, max_concurrency: int | None = None,
                  min_side: int = 16):
+        from engine.postprocess import class_scores_into
+
         self.bundle = bundle
         self.min_side = min_side
+        self._class_scores = class_scores_into
         self.spec: PreprocessSpec = bundle.spec
         self.task: str = bundle.task
         self.labels: list[str] = bundle.labels
@@ -374,25 +377,13 @@ class Session:
         if self.task == "segmentation":
             self._postprocess_mask(raw, r, src_hw, spec, spacing)
             return
-        # A float64-accumulated sum is NaN/Inf iff some element is: one pass, no temporary array.
-        if not math.isfinite(float(raw.sum(dtype=np.float64))):
-            raise self._non_finite_error()
         scores = r.scores
         if scores is None:
             scores = r.scores = np.empty(self._num_classes, np.float32)
-        if self._post == "softmax":
-            np.subtract(raw, raw.max(), out=scores)
-            np.exp(scores, out=scores)
-            scores /= scores.sum()
-        elif self._post == "sigmoid":
-            # (1 + tanh(x/2)) / 2: the same overflow-free form as engine.postprocess.sigmoid.
-            np.multiply(raw, 0.5, out=scores)
-            np.tanh(scores, out=scores)
-            scores += 1.0
-            scores *= 0.5
-        else:
-            scores[...] = raw
-        r.label = self.labels[int(scores.argmax())]
+        best = self._class_scores(scores, raw, self._post)
+        if best < 0:
+            raise self._non_finite_error()
+        r.label = self.labels[best]
 
     def _too_small(self, hw) -> InputError:
         # A model fed a constant or near-constant upsampled image still answers, confidently and

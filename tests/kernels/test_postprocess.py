@@ -238,3 +238,28 @@ def test_postprocess_bad_input(rng):
         mask_to_source(mask, (10, 10), PreprocessSpec(out_height=10, out_width=10), out=np.zeros((9, 10), np.uint8))
     with pytest.raises(InputError, match="non-empty"):
         softmax(np.zeros((0,), np.float32))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 32, 33, 200])  # both sides of the Python / NumPy switch at 32
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "none"])
+def test_class_scores_into_matches_float64_reference(rng, k, kind):
+    from engine.postprocess import class_scores_into
+
+    logits = (rng.standard_normal(k) * 6).astype(np.float32)
+    x = logits.astype(np.float64)
+    if kind == "softmax":
+        ref = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    elif kind == "sigmoid":
+        ref = 1.0 / (1.0 + np.exp(-x))
+    else:
+        ref = x
+    scores = np.full(k, np.nan, np.float32)
+    best = class_scores_into(scores, logits, kind)
+    np.testing.assert_allclose(scores, ref, rtol=2e-6, atol=1e-7)
+    assert best == int(np.argmax(ref))
+    for bad in (np.nan, np.inf, -np.inf):
+        poisoned = logits.copy()
+        poisoned[k // 2] = bad
+        before = scores.copy()
+        assert class_scores_into(scores, poisoned, kind) == -1
+        np.testing.assert_array_equal(scores, before)  # untouched on refusal
