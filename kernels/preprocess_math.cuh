@@ -389,7 +389,10 @@ SLICERT_HD float saturate_half(float v) { return v > kHalfMax ? kHalfMax : (v < 
 // QuantizeLinear defines it.
 SLICERT_HD int8_t quantize_int8(float v, const OutputParams& o) {
   float q = rintf(v / o.quant_scale) + static_cast<float>(o.quant_zero_point);
-  q = fminf(fmaxf(q, -128.0f), 127.0f);
+  // fminf(fmaxf(q, -128), 127) written with comparisons (NaN -> -128 as fmaxf does): fminf/fmaxf's
+  // NaN rules kept the CPU loop scalar (1.7 ns per value; 0.45 ms for a 512^2 int8 output).
+  q = q > -128.0f ? q : -128.0f;
+  q = q < 127.0f ? q : 127.0f;
   return static_cast<int8_t>(q);
 }
 
