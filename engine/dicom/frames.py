@@ -211,7 +211,7 @@ class FrameDecoder:
             return arr
         signed = arr.dtype.kind == "i"
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        if lo <= int(arr.min()) and int(arr.max()) <= hi:
+        if (not signed or lo <= int(arr.min())) and int(arr.max()) <= hi:  # unsigned: no min pass
             return arr
         self.notes.append(f"frame {index}: bits above BitsStored {bits} were set; masked them (PS3.5 8.1.1)")
         out = np.array(arr, copy=True)
