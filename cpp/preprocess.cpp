@@ -105,131 +105,95 @@ inline void fetch(const PixelSource& s, const char* p, float* v) {
 
 // Up to eight source rows per pass: acc is loaded and stored once per group instead of per row, and
 // the additions happen in the same order as one pass per row, so the result is the same bits.
-// INIT: acc starts at +0 (as the generic path's cleared buffer does).
+// INIT: acc starts at +0 (as the generic path's cleared buffer does). `value(i, x)` is the working
+// value of row i of the group at column x.
+template <int M, bool INIT, typename V>
+__attribute__((always_inline)) inline void rows_body(const float* __restrict w, int n, float* __restrict acc,
+                                                     V value) {
+  float wk[M];
+  for (int i = 0; i < M; ++i) wk[i] = w[i];
+  for (int x = 0; x < n; ++x) {
+    float s = INIT ? 0.0f : acc[x];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) s += wk[i] * value(i, x);
+    acc[x] = s;
+  }
+}
+
+// Grey rows through an affine chain: SIMD at the machine's width (function multi-versioning).
 template <typename T, int M, bool INIT>
 SLICERT_MULTIVERSION void affine_rows(const T* const* __restrict q, const float* __restrict w, int n, pm::Affine f,
                                       float* __restrict acc) {
   const T* __restrict r[M];
-  float wk[M];
-  for (int i = 0; i < M; ++i) {
-    r[i] = q[i];
-    wk[i] = w[i];
-  }
-  for (int x = 0; x < n; ++x) {
-    float s = INIT ? 0.0f : acc[x];
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) s += wk[i] * pm::affine_value(static_cast<float>(r[i][x]), f);
-    acc[x] = s;
-  }
+  for (int i = 0; i < M; ++i) r[i] = q[i];
+  rows_body<M, INIT>(w, n, acc, [&](int i, int x) { return pm::affine_value(static_cast<float>(r[i][x]), f); });
 }
 
-template <typename T, bool INIT>
-void affine_rows_m(int m, const T* const* q, const float* w, int n, const pm::Affine& f, float* acc) {
-  switch (m) {
-    case 1: return affine_rows<T, 1, INIT>(q, w, n, f, acc);
-    case 2: return affine_rows<T, 2, INIT>(q, w, n, f, acc);
-    case 3: return affine_rows<T, 3, INIT>(q, w, n, f, acc);
-    case 4: return affine_rows<T, 4, INIT>(q, w, n, f, acc);
-    case 5: return affine_rows<T, 5, INIT>(q, w, n, f, acc);
-    case 6: return affine_rows<T, 6, INIT>(q, w, n, f, acc);
-    case 7: return affine_rows<T, 7, INIT>(q, w, n, f, acc);
-    default: return affine_rows<T, 8, INIT>(q, w, n, f, acc);
-  }
-}
-
-// The last row of one output row's span when it is also the first of the next span (a fractional
-// area boundary): one evaluation of the chain feeds both, acc (+)= w_a * v and next = 0 + w_b * v.
-// With non-integer scales every boundary is shared, so this removes 1 / (rows per output) of the
-// vertical work (~20 % at 1841 -> 512). Same operations per output as separate passes: same bits.
-template <typename T, bool INIT>
-SLICERT_MULTIVERSION void affine_row_dual(const T* __restrict q, float wa, float wb, int n, pm::Affine f,
-                                          float* __restrict acc, float* __restrict next) {
-  for (int x = 0; x < n; ++x) {
-    const float v = pm::affine_value(static_cast<float>(q[x]), f);
-    acc[x] = (INIT ? 0.0f : acc[x]) + wa * v;
-    next[x] = 0.0f + wb * v;
-  }
-}
-
-// RGB -> BT.601 luma with an affine chain, M rows per pass, for interleaved (SX = 3) and planar
-// (SX = 1) pixels: the per-pixel fetch() of the generic path branched per sample and did not
-// vectorize (1.8 ms vs 0.08 ms for grey on a 600x800 echo frame). Same operations in the same order
-// as fetch + accumulate_row, so the same bits.
+// RGB -> BT.601 luma through an affine chain, interleaved (SX = 3) or planar (SX = 1) pixels: the
+// per-pixel fetch() of the generic path branched per sample and did not vectorize (1.8 ms vs 0.08 ms
+// for grey on a 600x800 echo frame). Same operations in the same order as fetch + accumulate_row.
 template <typename T, int M, bool INIT, int SX>
-SLICERT_MULTIVERSION void affine_luma_rows(const T* const* __restrict qr, const T* const* __restrict qg,
-                                           const T* const* __restrict qb, const float* __restrict w, int n,
+SLICERT_MULTIVERSION void affine_luma_rows(const T* const* __restrict q, int64_t sc, const float* __restrict w, int n,
                                            pm::Affine f, float* __restrict acc) {
   const T* __restrict r[M];
   const T* __restrict g[M];
   const T* __restrict b[M];
-  float wk[M];
   for (int i = 0; i < M; ++i) {
-    r[i] = qr[i];
-    g[i] = qg[i];
-    b[i] = qb[i];
-    wk[i] = w[i];
+    r[i] = q[i];
+    g[i] = q[i] + sc;
+    b[i] = q[i] + 2 * sc;
   }
+  float wk[M];
+  for (int i = 0; i < M; ++i) wk[i] = w[i];
+  // The loop of rows_body, written out: through the lambda, GCC 12 no longer vectorized the three
+  // channel loads (1.6 ms instead of 0.3 ms per frame).
   for (int x = 0; x < n; ++x) {
     float s = INIT ? 0.0f : acc[x];
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const float v = pm::luma_bt601(pm::affine_value(static_cast<float>(r[i][x * SX]), f),
-                                     pm::affine_value(static_cast<float>(g[i][x * SX]), f),
-                                     pm::affine_value(static_cast<float>(b[i][x * SX]), f));
-      s += wk[i] * v;
-    }
+    for (int i = 0; i < M; ++i)
+      s += wk[i] * pm::luma_bt601(pm::affine_value(static_cast<float>(r[i][x * SX]), f),
+                                  pm::affine_value(static_cast<float>(g[i][x * SX]), f),
+                                  pm::affine_value(static_cast<float>(b[i][x * SX]), f));
     acc[x] = s;
   }
 }
 
-template <typename T, bool INIT, int SX>
-void affine_luma_rows_m(int m, const T* const* qr, const T* const* qg, const T* const* qb, const float* w, int n,
-                        const pm::Affine& f, float* acc) {
-  switch (m) {
-    case 1: return affine_luma_rows<T, 1, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 2: return affine_luma_rows<T, 2, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 3: return affine_luma_rows<T, 3, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 4: return affine_luma_rows<T, 4, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 5: return affine_luma_rows<T, 5, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 6: return affine_luma_rows<T, 6, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    case 7: return affine_luma_rows<T, 7, INIT, SX>(qr, qg, qb, w, n, f, acc);
-    default: return affine_luma_rows<T, 8, INIT, SX>(qr, qg, qb, w, n, f, acc);
-  }
-}
-
-// Table rows, M at a time: acc is loaded and stored once per group instead of once per row, and the
-// M table loads per column are independent. Scalar on purpose: AVX2/AVX-512 gathers measured slower
-// than scalar loads here. Same additions in the same order as lut_row per row: same bits.
+// Grey rows through a table (modality/VOI LUTs, sigmoid, folded equalization). Scalar on purpose:
+// AVX2/AVX-512 gathers measured slower than scalar loads here; the M table loads per column are
+// independent, which is what the grouping buys.
 template <typename T, int M, bool INIT>
 __attribute__((noinline, optimize("no-tree-vectorize"))) void lut_rows(const T* const* __restrict q,
                                                                         const float* __restrict w, int n,
                                                                         const float* __restrict lut,
                                                                         float* __restrict acc) {
   const T* __restrict r[M];
-  float wk[M];
-  for (int i = 0; i < M; ++i) {
-    r[i] = q[i];
-    wk[i] = w[i];
-  }
-  for (int x = 0; x < n; ++x) {
-    float s = INIT ? 0.0f : acc[x];
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) s += wk[i] * lut[r[i][x]];
-    acc[x] = s;
-  }
+  for (int i = 0; i < M; ++i) r[i] = q[i];
+  rows_body<M, INIT>(w, n, acc, [&](int i, int x) { return lut[r[i][x]]; });
 }
 
-template <typename T, bool INIT>
-void lut_rows_m(int m, const T* const* q, const float* w, int n, const float* lut, float* acc) {
-  switch (m) {
-    case 1: return lut_rows<T, 1, INIT>(q, w, n, lut, acc);
-    case 2: return lut_rows<T, 2, INIT>(q, w, n, lut, acc);
-    case 3: return lut_rows<T, 3, INIT>(q, w, n, lut, acc);
-    case 4: return lut_rows<T, 4, INIT>(q, w, n, lut, acc);
-    case 5: return lut_rows<T, 5, INIT>(q, w, n, lut, acc);
-    case 6: return lut_rows<T, 6, INIT>(q, w, n, lut, acc);
-    case 7: return lut_rows<T, 7, INIT>(q, w, n, lut, acc);
-    default: return lut_rows<T, 8, INIT>(q, w, n, lut, acc);
+// The vertical pass of one span in groups of up to eight rows: kernel(M, init, rows, weights) is
+// called with M as a compile-time constant, rows as typed pointers to each row's first pixel.
+template <typename T, typename K>
+void span_groups(const PixelSource& s, const pm::AreaSpan& sp, K kernel) {
+  for (int k = 0; k < sp.count; k += 8) {
+    const T* q[8];
+    float w[8];
+    const int m = std::min(8, sp.count - k);
+    for (int i = 0; i < m; ++i) {
+      q[i] = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy);
+      w[i] = pm::area_weight(sp, k + i);
+    }
+    const bool init = k == 0;
+    switch (m) {
+      case 1: kernel(std::integral_constant<int, 1>{}, init, q, w); break;
+      case 2: kernel(std::integral_constant<int, 2>{}, init, q, w); break;
+      case 3: kernel(std::integral_constant<int, 3>{}, init, q, w); break;
+      case 4: kernel(std::integral_constant<int, 4>{}, init, q, w); break;
+      case 5: kernel(std::integral_constant<int, 5>{}, init, q, w); break;
+      case 6: kernel(std::integral_constant<int, 6>{}, init, q, w); break;
+      case 7: kernel(std::integral_constant<int, 7>{}, init, q, w); break;
+      default: kernel(std::integral_constant<int, 8>{}, init, q, w); break;
+    }
   }
 }
 
@@ -265,105 +229,46 @@ void accumulate_row(const PixelSource& s, int r, int n, float wy, bool init, flo
   }
 }
 
-// Grey rows of an affine chain, contiguous and aligned: the SIMD row kernels apply.
-template <int DT>
-bool simd_grey_rows(const PixelSource& s) {
-  using T = typename Storage<DT>::type;
-  return s.img.channels == 1 && s.affine && !s.eq_table && s.img.sx == static_cast<int64_t>(sizeof(T)) &&
-         reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 && s.img.sy % static_cast<int64_t>(alignof(T)) == 0;
-}
-
-// A span's first row already weighted by the previous output row (carry_in: 0 + w_0 * v_0), and its
-// last row handed on to the next output row (carry_out, weight w_next). Only the SIMD grey path uses
-// them; compute_row offers them only when simd_grey_rows() holds.
-struct SpanCarry {
-  const float* in = nullptr;
-  float* out = nullptr;
-  float w_next = 0.0f;
-};
-
 // Vertical part of an area downscale: acc = sum over the span's rows of weight * value.
 template <int DT, int CIN, int CW>
-void accumulate_span(const PixelSource& s, const pm::AreaSpan& sp, int n, float* acc, const SpanCarry& carry = {}) {
+void accumulate_span(const PixelSource& s, const pm::AreaSpan& sp, int n, float* acc) {
   using T = typename Storage<DT>::type;
+  const int64_t e = static_cast<int64_t>(sizeof(T));
+  const bool aligned = reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 && s.img.sy % e == 0;
   if constexpr (CIN == 1) {
-    if (simd_grey_rows<DT>(s)) {
-      int k = 0;
-      bool init = true;
-      if (carry.in) {
-        std::memcpy(acc, carry.in, static_cast<size_t>(n) * sizeof(float));
-        k = 1;
-        init = false;
-      }
-      const int end = carry.out ? sp.count - 1 : sp.count;
-      for (; k < end; k += 8) {
-        const T* q[8];
-        float w[8];
-        const int m = std::min(8, end - k);
-        for (int i = 0; i < m; ++i) {
-          q[i] = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy);
-          w[i] = pm::area_weight(sp, k + i);
-        }
-        if (init) affine_rows_m<T, true>(m, q, w, n, *s.affine, acc);
-        else affine_rows_m<T, false>(m, q, w, n, *s.affine, acc);
-        init = false;
-      }
-      if (carry.out) {
-        const int last = sp.count - 1;
-        const T* q = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + last) * s.img.sy);
-        if (init) affine_row_dual<T, true>(q, pm::area_weight(sp, last), carry.w_next, n, *s.affine, acc, carry.out);
-        else affine_row_dual<T, false>(q, pm::area_weight(sp, last), carry.w_next, n, *s.affine, acc, carry.out);
-      }
+    if (aligned && s.img.sx == e && s.affine && !s.eq_table) {
+      const pm::Affine f = *s.affine;
+      span_groups<T>(s, sp, [&](auto M, bool init, const T* const* q, const float* w) {
+        if (init) affine_rows<T, M, true>(q, w, n, f, acc);
+        else affine_rows<T, M, false>(q, w, n, f, acc);
+      });
       return;
+    }
+    if constexpr (is_lut_dtype(DT)) {
+      if (aligned && s.img.sx == e && s.lut && !s.affine) {
+        const float* lut = s.lut + (DT == pm::IN_I16 ? 32768 : 0);
+        span_groups<T>(s, sp, [&](auto M, bool init, const T* const* q, const float* w) {
+          if (init) lut_rows<T, M, true>(q, w, n, lut, acc);
+          else lut_rows<T, M, false>(q, w, n, lut, acc);
+        });
+        return;
+      }
     }
   }
   if constexpr (CIN == 3 && CW == 1 && std::is_integral_v<T>) {
-    const int64_t e = static_cast<int64_t>(sizeof(T));
-    const bool aligned = reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 && s.img.sy % e == 0 &&
-                         s.img.sc % e == 0;
     const bool interleaved = s.img.sx == 3 * e && s.img.sc == e, planar = s.img.sx == e;
-    if (s.affine && !s.eq_table && aligned && (interleaved || planar)) {
-      for (int k = 0; k < sp.count; k += 8) {
-        const T* qr[8];
-        const T* qg[8];
-        const T* qb[8];
-        float w[8];
-        const int m = std::min(8, sp.count - k);
-        for (int i = 0; i < m; ++i) {
-          const char* row = s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy;
-          qr[i] = reinterpret_cast<const T*>(row);
-          qg[i] = reinterpret_cast<const T*>(row + s.img.sc);
-          qb[i] = reinterpret_cast<const T*>(row + 2 * s.img.sc);
-          w[i] = pm::area_weight(sp, k + i);
-        }
+    if (s.affine && !s.eq_table && aligned && s.img.sc % e == 0 && (interleaved || planar)) {
+      const pm::Affine f = *s.affine;
+      const int64_t sc = s.img.sc / e;
+      span_groups<T>(s, sp, [&](auto M, bool init, const T* const* q, const float* w) {
         if (interleaved) {
-          if (k == 0) affine_luma_rows_m<T, true, 3>(m, qr, qg, qb, w, n, *s.affine, acc);
-          else affine_luma_rows_m<T, false, 3>(m, qr, qg, qb, w, n, *s.affine, acc);
+          if (init) affine_luma_rows<T, M, true, 3>(q, sc, w, n, f, acc);
+          else affine_luma_rows<T, M, false, 3>(q, sc, w, n, f, acc);
         } else {
-          if (k == 0) affine_luma_rows_m<T, true, 1>(m, qr, qg, qb, w, n, *s.affine, acc);
-          else affine_luma_rows_m<T, false, 1>(m, qr, qg, qb, w, n, *s.affine, acc);
+          if (init) affine_luma_rows<T, M, true, 1>(q, sc, w, n, f, acc);
+          else affine_luma_rows<T, M, false, 1>(q, sc, w, n, f, acc);
         }
-      }
-      return;
-    }
-  }
-  if constexpr (CIN == 1 && is_lut_dtype(DT)) {
-    const bool rows = s.lut && !s.affine && s.img.sx == static_cast<int64_t>(sizeof(T)) &&
-                      reinterpret_cast<uintptr_t>(s.img.base) % alignof(T) == 0 &&
-                      s.img.sy % static_cast<int64_t>(alignof(T)) == 0;
-    if (rows) {
-      const float* lut = s.lut + (DT == pm::IN_I16 ? 32768 : 0);
-      for (int k = 0; k < sp.count; k += 8) {
-        const T* q[8];
-        float w[8];
-        const int m = std::min(8, sp.count - k);
-        for (int i = 0; i < m; ++i) {
-          q[i] = reinterpret_cast<const T*>(s.img.base + static_cast<int64_t>(sp.first + k + i) * s.img.sy);
-          w[i] = pm::area_weight(sp, k + i);
-        }
-        if (k == 0) lut_rows_m<T, true>(m, q, w, n, lut, acc);
-        else lut_rows_m<T, false>(m, q, w, n, lut, acc);
-      }
+      });
       return;
     }
   }
@@ -570,16 +475,9 @@ void store_row(const Plan& pl, int oy, const float* row) {
 }
 
 // Fills row[0, out_w*cw) with the resampled working values of output row oy (pad included).
-// Per-thread state of consecutive compute_row calls: the shared boundary row's contribution to the
-// next output row (valid_for = that row's content index, -1 when none).
-struct RowCarry {
-  std::vector<float> in, out;
-  int valid_for = -1;
-};
-
 template <int DT, int CIN, int CW>
 void compute_row(const Plan& pl, const TapTable* xt, const std::vector<pm::Taps2>& x2, int oy, float* row,
-                 std::vector<float>& acc, RowCarry& rc) {
+                 std::vector<float>& acc) {
   const pm::Geometry& g = pl.geo;
   const float pad = pl.spec->pad_value;
   const int cy = oy - g.top;
@@ -596,26 +494,7 @@ void compute_row(const Plan& pl, const TapTable* xt, const std::vector<pm::Taps2
     const int n = g.roi_w;
     acc.resize(static_cast<size_t>(n) * CW);
     const pm::AreaSpan sp = pm::area_span(pl.ay, cy);
-    SpanCarry carry;
-    if constexpr (CIN == 1) {
-      if (simd_grey_rows<DT>(s)) {
-        if (rc.valid_for == cy) carry.in = rc.in.data();
-        if (cy + 1 < g.content_h) {
-          const pm::AreaSpan nx = pm::area_span(pl.ay, cy + 1);
-          if (sp.count >= 2 && nx.count >= 2 && nx.first == sp.first + sp.count - 1) {
-            rc.out.resize(static_cast<size_t>(n));
-            carry.out = rc.out.data();
-            carry.w_next = pm::area_weight(nx, 0);
-          }
-        }
-      }
-    }
-    accumulate_span<DT, CIN, CW>(s, sp, n, acc.data(), carry);
-    rc.valid_for = -1;
-    if (carry.out) {
-      rc.in.swap(rc.out);
-      rc.valid_for = cy + 1;
-    }
+    accumulate_span<DT, CIN, CW>(s, sp, n, acc.data());
     if constexpr (CW == 1) {
       if (xt->uniform_factor > 0) {
         horizontal_uniform(acc.data(), xt->uniform_factor, xt->w[0], g.content_w, dst);
@@ -676,11 +555,9 @@ void run_plan(Plan& pl) {
   if (!needs_stats) {
     parallel_for(g.out_h, min_chunk, [&](int y0, int y1) {
       thread_local std::vector<float> row, acc;
-      thread_local RowCarry rc;
-      rc.valid_for = -1;
       row.resize(row_len);
       for (int oy = y0; oy < y1; ++oy) {
-        compute_row<DT, CIN, CW>(pl, &xt, x2, oy, row.data(), acc, rc);
+        compute_row<DT, CIN, CW>(pl, &xt, x2, oy, row.data(), acc);
         store_row(pl, oy, row.data());
       }
     });
@@ -691,9 +568,7 @@ void run_plan(Plan& pl) {
   std::vector<float> plane(row_len * g.out_h);
   parallel_for(g.out_h, min_chunk, [&](int y0, int y1) {
     thread_local std::vector<float> acc;
-    thread_local RowCarry rc;
-    rc.valid_for = -1;
-    for (int oy = y0; oy < y1; ++oy) compute_row<DT, CIN, CW>(pl, &xt, x2, oy, plane.data() + row_len * oy, acc, rc);
+    for (int oy = y0; oy < y1; ++oy) compute_row<DT, CIN, CW>(pl, &xt, x2, oy, plane.data() + row_len * oy, acc);
   });
   double sum = 0.0, lo = INFINITY, hi = -INFINITY;
   const double count = static_cast<double>(g.content_h) * g.content_w * CW;
