@@ -221,6 +221,16 @@ std::array<int64_t, 256> histogram_u8(const char* base, int64_t h, int64_t w, in
   return hist;
 }
 
+// The shared tail of SourceMap.to_source_into and mask_to_source_into: `mask` already checked.
+void to_source_into(const SourceMap& s, py::array& out, const py::array& mask) {
+  require_out_u8(out, s.src_h, s.src_w, "mask_to_source");
+  const char* mbase = static_cast<const char*>(mask.data());
+  const int64_t msy = mask.strides(0), msx = mask.strides(1);
+  uint8_t* dst = static_cast<uint8_t*>(out.mutable_data());
+  py::gil_scoped_release nogil;
+  s.to_source(dst, mbase, msy, msx);
+}
+
 }  // namespace
 
 void bind_postprocess(py::module_& m) {
@@ -263,12 +273,7 @@ void bind_postprocess(py::module_& m) {
       .def_property_readonly("outside_roi", [](const SourceMap& s) { return s.outside; })
       .def("to_source_into", [](const SourceMap& s, py::array out, const py::array& mask) {
         s.check_mask(mask, "mask_to_source");
-        require_out_u8(out, s.src_h, s.src_w, "mask_to_source");
-        const char* mbase = static_cast<const char*>(mask.data());
-        const int64_t msy = mask.strides(0), msx = mask.strides(1);
-        uint8_t* dst = static_cast<uint8_t*>(out.mutable_data());
-        py::gil_scoped_release nogil;
-        s.to_source(dst, mbase, msy, msx);
+        to_source_into(s, out, mask);
       }, py::arg("out"), py::arg("mask"), "Mask -> source geometry into `out` (uint8 (src_h, src_w)), 0 outside the ROI.")
       .def("class_counts", [](const SourceMap& s, const py::array& mask, int num_classes) {
         s.check_mask(mask, "class counts");
@@ -298,12 +303,7 @@ void bind_postprocess(py::module_& m) {
     u8_mask(mask, "mask_to_source");
     if (out.ndim() != 2) throw InputError("mask_to_source: out must be 2-D (source height, width)");
     const SourceMap s(ps, out.shape(0), out.shape(1), static_cast<int>(mask.shape(0)), static_cast<int>(mask.shape(1)));
-    require_out_u8(out, s.src_h, s.src_w, "mask_to_source");
-    const char* mbase = static_cast<const char*>(mask.data());
-    const int64_t msy = mask.strides(0), msx = mask.strides(1);
-    uint8_t* dst = static_cast<uint8_t*>(out.mutable_data());
-    py::gil_scoped_release nogil;
-    s.to_source(dst, mbase, msy, msx);
+    to_source_into(s, out, mask);
   }, py::arg("out"), py::arg("mask"), py::arg("spec"),
      "Model-geometry mask -> source geometry (nearest), 0 outside the ROI (builds the map per call; "
      "SourceMap reuses it).");

@@ -32,25 +32,24 @@ def _recipe(dataset, t_arch, s_arch, teacher, student, kd_alpha, kd_t) -> Recipe
     return Recipe(dataset, t_arch, s_arch, teacher, student, kd)
 
 
+def _segmenter(task: str, epochs: tuple[int, int], aug: Augment, seed: int) -> Recipe:
+    """U-Net teacher and student with class-balanced CE. Students are small: they get a higher
+    learning rate and more (cheap) epochs than their teacher."""
+    e_t, e_s = epochs
+    return _recipe(task, "unet_teacher", "unet_student",
+                   TrainConfig(epochs=e_t, batch_size=16, lr=3e-3, augment=aug, class_balance=0.5, seed=seed),
+                   TrainConfig(epochs=e_s, batch_size=16, lr=1e-2, augment=aug, class_balance=0.5, seed=seed + 1),
+                   kd_alpha=0.5, kd_t=2.0)
+
+
 def recipe(task: str, fast: bool, seed: int = 0) -> Recipe:
     """The recipe of `task` (a dataset name: ct_organs, cxr_nodule, us_phantom)."""
     from engine.errors import InputError
 
-    # Students are small: they get a higher learning rate and more (cheap) epochs than their teacher.
     if task == "ct_organs":
-        (e_t, e_s) = (10, 12) if fast else (50, 60)
-        return _recipe(task, "unet_teacher", "unet_student",
-                       TrainConfig(epochs=e_t, batch_size=16, lr=3e-3, augment=_CT_AUG, class_balance=0.5, seed=seed),
-                       TrainConfig(epochs=e_s, batch_size=16, lr=1e-2, augment=_CT_AUG, class_balance=0.5,
-                                   seed=seed + 1),
-                       kd_alpha=0.5, kd_t=2.0)
+        return _segmenter(task, (10, 12) if fast else (50, 60), _CT_AUG, seed)
     if task == "us_phantom":
-        (e_t, e_s) = (6, 10) if fast else (14, 30)
-        return _recipe(task, "unet_teacher", "unet_student",
-                       TrainConfig(epochs=e_t, batch_size=16, lr=3e-3, augment=_US_AUG, class_balance=0.5, seed=seed),
-                       TrainConfig(epochs=e_s, batch_size=16, lr=1e-2, augment=_US_AUG, class_balance=0.5,
-                                   seed=seed + 1),
-                       kd_alpha=0.5, kd_t=2.0)
+        return _segmenter(task, (6, 10) if fast else (14, 30), _US_AUG, seed)
     if task == "cxr_nodule":
         (e_t, e_s) = (10, 10) if fast else (16, 20)
         return _recipe(task, "resnet_teacher", "cnn_student",

@@ -105,17 +105,10 @@ def test_overhead_references_compute_what_session_run_computes(tiny_bundle, rng)
 
 
 def test_user_ort_pipeline_and_slicert_agree_on_the_same_model(tiny_bundle, tiny_classifier_onnx, rng):
-    spec = PreprocessSpec(
-        out_height=16,
-        out_width=16,
-        voi_function="linear",
-        window_center=2048.0,
-        window_width=4096.0,
-        resize="area",
-        normalize="fixed",
-        mean=(0.5,),
-        std=(0.25,),
-    )
+    from engine.bundle import open_bundle
+
+    with open_bundle(tiny_bundle) as b:
+        spec = b.spec  # the user pipeline preprocesses exactly as the bundle says
     inputs = bl.raw_images("sim", [rng.integers(0, 4096, size=(64, 64), dtype=np.uint16)], "random")
     user = bl.onnxruntime_user("ort", tiny_classifier_onnx["path"], inputs, spec, "classification", threads=1)
     ours = bl.slicert("slicert", tiny_bundle, inputs, threads=1)
