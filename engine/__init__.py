@@ -6,7 +6,15 @@ or reader needs them, and PyTorch never is.
 from __future__ import annotations
 
 from engine import errors  # noqa: F401  (must precede _native: it registers these classes)
-from engine._native import cuda_compiled, cuda_devices  # noqa: F401
+
+try:
+    from engine._native import cuda_compiled, cuda_devices  # noqa: F401
+except ModuleNotFoundError as _e:
+    if _e.name != "engine._native":
+        raise
+    from engine._missing_native import explain as _explain
+
+    raise ImportError(_explain(__file__), name="engine._native") from None
 
 __version__ = "0.1.0"
 
