@@ -150,9 +150,19 @@ class FrameDecoder:
         else:
             bits_per_frame = pm.rows * pm.columns * pm.samples_per_pixel * pm.bits_allocated
         expected = math.ceil(bits_per_frame * pm.number_of_frames / 8)
-        actual = len(self._ds[pm.pixel_keyword].value)
+        data = self._ds[pm.pixel_keyword].value
+        actual = len(data)
         # PS3.5 7.1.1: values have even length, so one trailing pad byte is allowed.
         if actual in (expected, expected + 1) or (expected % 2 == 1 and actual == expected + 1):
+            return
+        # Some writers pad Pixel Data with zero bytes (pydicom-data's MR_small_padded.dcm: one 128-byte
+        # row). Accept less than one frame of zeros after the frames, as pydicom does; anything else
+        # past the frames (non-zero bytes, or a whole frame) means the geometry is wrong. A last row
+        # of non-zero pixels (Rows one too small) is therefore still refused.
+        extra = actual - expected
+        if 0 < extra < math.ceil(bits_per_frame / 8) and bytes(data[expected:]).count(0) == extra:
+            self.notes.append(f"{pm.pixel_keyword} carries {extra} bytes of zero padding after the "
+                              f"{pm.number_of_frames} frame(s); ignored")
             return
         geometry = (f"Rows {pm.rows} x Columns {pm.columns} x SamplesPerPixel {pm.samples_per_pixel} x "
                     f"BitsAllocated {pm.bits_allocated} x NumberOfFrames {pm.number_of_frames}")

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `tests.corpus` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.corpus import api_cases, bundle_files, dicom_files
+from tests.corpus import api_cases, bundle_files, dicom_files, hostile_dicom
 from tests.corpus.case import Case
 
 CASES_FILE = "cases.json"
@@ -59,6 +59,7 @@ def generate(out: Path) -> list[Case]:
     cases: list[Case] = []
     cases += bundle_files.generate(out)  # first: the valid bundles the sessions load
     cases += dicom_files.generate(out)
+    cases += hostile_dicom.generate(out)
     cases += api_cases.array_cases()
     cases += api_cases.preprocess_cases()
     cases += api_cases.postprocess_cases()

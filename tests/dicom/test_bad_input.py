@@ -94,9 +94,31 @@ def test_geometry_inconsistent_with_data_length(attrs):
     _refused(_mr(**attrs), "PixelData (7FE0,0010)", "needs")
 
 
-def test_excess_pixel_data_is_refused_not_guessed():
-    # MR_small_padded.dcm holds exactly one extra row of data: indistinguishable from Rows off by one
-    _refused(data_file("MR_small_padded.dcm"), "PixelData (7FE0,0010)", "inconsistent")
+def test_zero_padding_after_the_frames_is_accepted_with_a_note():
+    # MR_small_padded.dcm: MR_small.dcm plus 128 zero bytes after the pixels; pydicom reads both alike
+    padded, plain = dicom.read(data_file("MR_small_padded.dcm")), dicom.read(data_file("MR_small.dcm"))
+    np.testing.assert_array_equal(padded.pixels, plain.pixels)
+    assert padded.pixels.shape == (64, 64) and np.ptp(padded.pixels) > 0
+    assert any("128 bytes of zero padding" in n for n in padded.decode_warnings)
+    assert padded.spec_for(_model()).to_dict() == plain.spec_for(_model()).to_dict()
+
+
+@pytest.mark.parametrize("pad", [b"\x01" * 128, b"\0" * 8192, b"\0" * 126 + b"\x07\0"])
+def test_excess_pixel_data_that_is_not_padding_is_refused(pad):
+    # non-zero bytes past the frames (Rows one too small looks like this), or a whole extra frame
+    ds = _mr()
+    ds.PixelData = ds.PixelData + pad
+    _refused(ds, "PixelData (7FE0,0010)", "inconsistent")
+
+
+def test_rows_one_too_small_is_still_refused():
+    _refused(_mr(Rows=63), "PixelData (7FE0,0010)", "inconsistent")
+
+
+def _model():
+    from engine.spec import PreprocessSpec
+
+    return PreprocessSpec(out_height=32, out_width=32)
 
 
 @pytest.mark.parametrize("attrs,match", [
