@@ -50,6 +50,11 @@ class OutputExists(SliceRTError, FileExistsError):
     """A command would overwrite an existing file; pass force=True / --force to allow it."""
 
 
+class SharedMemoryError(SliceRTError, ValueError):
+    """An isolated-mode shared-memory segment is missing, of another layout version, or has a field out of
+    bounds (the segment is untrusted input: the message names the field)."""
+
+
 class CudaError(SliceRTError, RuntimeError):
     """A CUDA runtime call or kernel launch failed. Carries the CUDA error code, device, file and line."""
 
@@ -64,5 +69,5 @@ class CudaError(SliceRTError, RuntimeError):
 __all__ = [
     "SliceRTError", "InputError", "DicomError", "UnsupportedTransferSyntax", "PixelLimitExceeded",
     "BundleError", "EngineMismatch", "BackendUnavailable", "SessionClosed", "AccuracyGateError",
-    "OutputExists", "CudaError",
+    "OutputExists", "CudaError", "SharedMemoryError",
 ]
