@@ -157,7 +157,7 @@ def _segmented(data: Any, n: int, bits: int, little: bool, source: str, keyword:
     else:
         units = np.asarray(list(data), dtype=np.int64)
     try:
-        table = _expand_segments(units, n, unit, little)
+        table = _expand_segments(units, n, unit, little, budget=_Budget(n, len(units)))
     except (IndexError, ValueError) as exc:
         raise fail(source, keyword, f"invalid segmented LUT (PS3.3 C.7.9.2): {exc}") from exc
     if table.size < n:
@@ -165,8 +165,31 @@ def _segmented(data: Any, n: int, bits: int, little: bool, source: str, keyword:
     return table[:n].astype(np.uint16)
 
 
+class _Budget:
+    """Work bound for one segmented LUT. Indirect segments (C.7.9.2.3) replay earlier segments, and a
+    replayed segment may itself be indirect: nesting depth alone does not bound the work, since k
+    indirect segments that each replay k others expand k^depth times (1.3 KB of data took > 20 s).
+    A valid LUT expands to its descriptor's entry count, so the entries produced by all segments,
+    nested ones included, are bounded by twice that (the top-level loop stops at 2n; one linear or
+    discrete segment may overshoot it by at most 65535 entries), and the segments visited by a small
+    multiple of the data's own length plus the entries."""
+
+    def __init__(self, n_entries: int, n_units: int):
+        self.entries = 2 * n_entries + 65536
+        self.segments = 4 * (n_units + n_entries) + 64
+
+    def spend(self, entries: int) -> None:
+        self.segments -= 1
+        self.entries -= entries
+        if self.segments < 0:
+            raise ValueError("indirect segments replay too many segments (fan-out beyond what the LUT's "
+                             "size allows)")
+        if self.entries < 0:
+            raise ValueError("segments expand to more entries than twice the descriptor's entry count")
+
+
 def _expand_segments(units: np.ndarray, n_entries: int, unit: int, little: bool, max_segments: int | None = None,
-                     previous: float | None = None, depth: int = 0) -> np.ndarray:
+                     previous: float | None = None, depth: int = 0, *, budget: _Budget) -> np.ndarray:
     """PS3.3 C.7.9.2 segment opcodes: 0 discrete, 1 linear, 2 indirect."""
     if depth > 8:
         raise ValueError("indirect segments nest too deeply")
@@ -180,6 +203,7 @@ def _expand_segments(units: np.ndarray, n_entries: int, unit: int, little: bool,
         opcode, length = int(units[pos]), int(units[pos + 1])
         pos += 2
         if opcode == 0:  # C.7.9.2.1 discrete: `length` literal values
+            budget.spend(length)  # before the slice: the length is what the data claims
             seg = units[pos:pos + length]
             if seg.size != length:
                 raise ValueError(f"discrete segment at entry {pos - 2} runs past the data")
@@ -189,6 +213,7 @@ def _expand_segments(units: np.ndarray, n_entries: int, unit: int, little: bool,
                 raise ValueError("a linear segment cannot come first")
             if pos >= len(units):
                 raise ValueError("linear segment runs past the data")
+            budget.spend(length)  # before linspace allocates `length` entries
             y1 = float(units[pos])
             pos += 1
             # Same interpolation and rounding as pydicom (and DCMTK): y0 excluded, y1 included.
@@ -205,7 +230,9 @@ def _expand_segments(units: np.ndarray, n_entries: int, unit: int, little: bool,
                 byte_offset = int.from_bytes(bytes(int(v) for v in raw_offset), "little" if little else "big")
             else:
                 byte_offset = int(raw_offset[1]) << 16 | int(raw_offset[0])  # least significant word first
-            seg = _expand_segments(units[byte_offset // unit:], n_entries, unit, little, length, last, depth + 1)
+            budget.spend(0)
+            seg = _expand_segments(units[byte_offset // unit:], n_entries, unit, little, length, last, depth + 1,
+                                   budget=budget)
         else:
             raise ValueError(f"unknown segment opcode {opcode} at entry {pos - 2}")
         if seg.size:

@@ -8,6 +8,7 @@ fix for one parameter value does not pass by accident.
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +35,68 @@ def _cases_padding(add: Callable) -> None:
             expect, "" if expect == ACCEPTED else r"PixelData.*inconsistent", f"{parent}: {why}")
 
 
-GROUPS: tuple[Callable, ...] = (_cases_padding,)
+def segmented_lut_words(fan_out: int, layers: int, leaf: str = "discrete0", bits: int = 16) -> list[int]:
+    """A segmented palette LUT (PS3.3 C.7.9.2) in `bits`-bit units: `layers` layers of `fan_out` indirect
+    segments, each replaying every segment of the next layer, over leaves that add no entry (a discrete
+    or linear segment of length 0, or an indirect segment replaying 0 segments). Expanding it naively
+    costs fan_out ** layers segment visits from about 8 * fan_out * layers bytes.
+
+    An indirect segment's byte offset counts from the start of the data being expanded: the whole LUT
+    for a top-level segment, the replayed slice for a nested one. Layer 0 is at the top level; a
+    discrete segment after it swallows the deeper layers so that the top level does not walk into them."""
+    f = fan_out
+    unit_bytes = bits // 8
+
+    def offset(units: int) -> list[int]:  # 32-bit byte offset: 2 words LSW first, or 4 bytes little endian
+        b = units * unit_bytes
+        return [b & 0xFFFF, b >> 16] if bits == 16 else list(b.to_bytes(4, "little"))
+
+    indirect = 2 + len(offset(0))
+    leaf_words = {"discrete0": [0, 0], "linear0": [1, 0, 50], "indirect0": [2, 0] + offset(0)}[leaf]
+    deeper: list[int] = []
+    for _ in range(1, layers):
+        deeper += ([2, f] + offset(indirect * f)) * f
+    deeper += leaf_words * f
+    layer1 = 3 + indirect * f + 2  # after the first discrete, layer 0 and the swallowing segment's header
+    if len(deeper) >= 1 << bits:
+        raise ValueError("too many words for one discrete segment")
+    return [0, 1, 100] + ([2, f] + offset(layer1)) * f + [0, len(deeper)] + deeper
+
+
+def with_segmented_palette(words_rgb: tuple[list[int], list[int], list[int]], bits: int = 16, entries: int = 256):
+    """OBXXXX1A.dcm (PALETTE COLOR, 8-bit indices) with its palette replaced by segmented tables."""
+    ds = _read("OBXXXX1A.dcm")
+    fmt = "H" if bits == 16 else "B"
+    for colour, words in zip(("Red", "Green", "Blue"), words_rgb):
+        delattr(ds, f"{colour}PaletteColorLookupTableData")
+        _raw(ds, f"{colour}PaletteColorLookupTableDescriptor", "US", struct.pack("<3H", entries % 65536, 0, bits))
+        _raw(ds, f"Segmented{colour}PaletteColorLookupTableData", "OW", struct.pack(f"<{len(words)}{fmt}", *words))
+    return ds
+
+
+def _cases_segmented_lut(add: Callable) -> None:
+    for bits, top in ((16, 65535), (8, 255)):
+        ramp = [0, 1, 0, 1, 255, top]  # a valid LUT: 0, then a linear ramp to the top over 255 entries
+        add(f"segmented-lut/valid-ramp-{bits}bit", _write(with_segmented_palette((ramp, ramp, ramp), bits)),
+            "session.run", ACCEPTED, "", f"OBXXXX1A with a valid {bits}-bit segmented palette (discrete + linear)")
+    ramp16 = [0, 1, 0, 1, 255, 65535]
+    nested = [0, 1, 0, 1, 127, 30000, 2, 1, 6, 0, 1, 128, 65535]  # replays the linear segment once, then a ramp
+    add("segmented-lut/valid-indirect", _write(with_segmented_palette((nested, ramp16, nested))), "session.run",
+        ACCEPTED, "", "OBXXXX1A with a valid segmented palette that uses an indirect segment")
+    for fan_out, layers, leaf, bits in ((20, 8, "discrete0", 16), (8, 8, "linear0", 16), (40, 4, "indirect0", 16),
+                                        (6, 7, "discrete0", 16), (6, 6, "discrete0", 8), (4, 8, "linear0", 8)):
+        words = segmented_lut_words(fan_out, layers, leaf, bits)
+        ramp = [0, 1, 0, 1, 255, (1 << bits) - 1]
+        colour = ("Red", "Green", "Blue")[fan_out % 3]
+        tables = tuple(words if c == colour else ramp for c in ("Red", "Green", "Blue"))
+        add(f"segmented-lut/fan-out-{fan_out}-layers-{layers}-{leaf}-{bits}bit",
+            _write(with_segmented_palette(tables, bits)), "session.run", "DicomError",
+            rf"Segmented{colour}PaletteColorLookupTableData.*(fan-out|nest too deeply)",
+            f"segmented palette LUT: {layers} layers of {fan_out} indirect segments over {leaf} leaves "
+            f"({len(words) * bits // 8} bytes, {fan_out}^{layers} segment visits if expanded naively)")
+
+
+GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut)
 
 
 def generate(out: Path) -> list[Case]:
