@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "engine.cli.inspect",
     "tools.quantize.cli",
     "tools.cli",
+    "tools.dataset.cli",
 ]
 
 
