@@ -64,6 +64,7 @@ class Result:
         "batch_size",
         "dropped_frames",
         "frame_index",
+        "identity",
         "label",
         "labels",
         "mask",
@@ -89,6 +90,7 @@ class Result:
         self.dropped_frames = 0
         self.batch_size = 1
         self._scratch: dict[str, np.ndarray] | None = None
+        self.identity = None  # engine.dicomout.identity.ModelIdentity of the session that filled it
 
     def __repr__(self) -> str:
         t = self.timings_ms["total"]
@@ -97,6 +99,20 @@ class Result:
         areas = None if self.areas_mm2 is None else {k: round(v, 2) for k, v in self.areas_mm2.items()}
         return (f"Result(mask={None if self.mask is None else self.mask.shape}, areas_mm2={areas}, "
                 f"pixel_spacing_mm={self.pixel_spacing_mm}, total={t:.3f} ms)")
+
+    def to_dicom_seg(self, source, **options):
+        """This segmentation result as a DICOM SEG (pydicom Dataset) referencing `source`, the DICOM it was
+        computed from (path/bytes/Dataset/Slice). Needs the `dicom` extra; see engine.dicomout.seg."""
+        from engine.dicomout.seg import result_to_seg
+
+        return result_to_seg(self, source, **options)
+
+    def to_dicom_sr(self, source, seg=None, **options):
+        """This result as a DICOM SR TID 1500 measurement report (pydicom Dataset) referencing `source` and,
+        for segmentation, the segments of `seg` (from to_dicom_seg). See engine.dicomout.sr."""
+        from engine.dicomout.sr import result_to_sr
+
+        return result_to_sr(self, source, seg=seg, **options)
 
 
 def _check_spacing(spacing) -> tuple[float, float] | None:
@@ -212,6 +228,9 @@ class Session:
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
         if self.task == "segmentation":
             from engine import postprocess  # noqa: F401  (fail at load, not at the first slice)
+        from engine.dicomout.identity import ModelIdentity  # stdlib only; highdicom is never imported here
+
+        self.identity = ModelIdentity.of_session(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -374,6 +393,7 @@ class Session:
         return r
 
     def _postprocess(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        r.identity = self.identity
         if self.task == "segmentation":
             self._postprocess_mask(raw, r, src_hw, spec, spacing)
             return

@@ -1,0 +1,61 @@
+"""Coded concepts SliceRT writes into SEG and SR.
+
+Standard codes (SNOMED CT, DCM, UCUM) wherever one means exactly what is reported. A bundle's class
+labels are free text chosen by whoever trained the model ("organ", "nodule"), so they are coded in a
+private scheme, 99SLICERT (PS3.16 8.2: designators starting with "99" are private), declared in each
+object's Coding Scheme Identification Sequence: a reader sees that the concept is model-defined
+instead of being told a guessed SNOMED code. A bundle may map labels to standard codes in
+manifest model.label_codes = {label: {"category": [value, scheme, meaning], "type": [...]}}.
+"""
+from __future__ import annotations
+
+import re
+
+SCHEME = "99SLICERT"
+SCHEME_NAME = "SliceRT model-defined concepts"
+
+# Concept values of the private scheme (<= 16 characters, PS3.3 C.8.3.2 Code Value SH).
+MODEL_CLASS = ("MODELCLASS", "Model output class")
+PROBABILITY = "PROB"  # + class index: probability the model gives that class
+PREDICTED = ("PREDICTED", "Predicted class")
+OOD_FLAG = ("OOD", "Out of distribution")
+OOD_SCORE = ("OODSCORE", "Out-of-distribution score")
+OOD_THRESHOLD = ("OODTHRESH", "Out-of-distribution threshold")
+PIXEL_COUNT = ("PIXELCOUNT", "Pixel count")
+LATENCY = ("LATENCY", "Inference latency (decode to post-processing)")
+
+
+def _value(label: str, index: int) -> str:
+    # Code values are SH (16 chars): an index keeps them unique whatever the label says.
+    stem = re.sub(r"[^A-Z0-9]", "", label.upper())[:10]
+    return f"C{index}{stem}"[:16]
+
+
+def coded(value: str, meaning: str, scheme: str = SCHEME):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
+
+
+def local(pair: tuple[str, str]):
+    return coded(pair[0], pair[1])
+
+
+def class_concept(label: str, index: int, label_codes: dict | None = None, role: str = "type"):
+    """The coded concept of model class `index` (its label), standard when the bundle maps it."""
+    entry = (label_codes or {}).get(label) or {}
+    code = entry.get(role)
+    if isinstance(code, (list, tuple)) and len(code) == 3 and all(isinstance(c, str) and c for c in code):
+        return coded(code[0], code[2], code[1])
+    return coded(_value(label, index), label)
+
+
+def probability_concept(label: str, index: int):
+    return coded(f"{PROBABILITY}{index}"[:16], f"Probability of {label}")
+
+
+def scheme_item():
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME,
+                                          responsible_organization="SliceRT")
