@@ -51,9 +51,10 @@ def sigmoid(logits) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
 
 
-def class_scores_into(scores: np.ndarray, logits: np.ndarray, kind: str) -> int:
+def class_scores_into(scores: np.ndarray, logits: np.ndarray, kind: str, temperature: float = 1.0) -> int:
     """Per-class scores of one slice into `scores` (float32, preallocated): kind "softmax", "sigmoid"
-    or "none" (logits copied). Returns the index of the best class, or -1 (scores untouched) when a
+    or "none" (logits copied), of logits / `temperature` (the bundle's calibration, engine.trust.calibration;
+    softmax and sigmoid only). Returns the index of the best class, or -1 (scores untouched) when a
     logit is NaN or Inf."""
     if logits.size <= 32:
         # A handful of logits: Python floats (float64) take fewer and cheaper calls than six NumPy
@@ -62,6 +63,9 @@ def class_scores_into(scores: np.ndarray, logits: np.ndarray, kind: str) -> int:
         vals = logits.tolist()
         if not all(map(math.isfinite, vals)):
             return -1
+        if temperature != 1.0 and kind in ("softmax", "sigmoid"):
+            inv = 1.0 / temperature
+            vals = [v * inv for v in vals]
         if kind == "softmax":
             m = max(vals)
             e = [math.exp(v - m) for v in vals]
@@ -74,6 +78,9 @@ def class_scores_into(scores: np.ndarray, logits: np.ndarray, kind: str) -> int:
     # A float64-accumulated sum is NaN/Inf iff some element is: one pass, no temporary array.
     if not math.isfinite(float(logits.sum(dtype=np.float64))):
         return -1
+    if temperature != 1.0 and kind in ("softmax", "sigmoid"):
+        np.multiply(logits, 1.0 / temperature, out=scores)
+        logits = scores  # the in-place steps below read and write `scores`
     if kind == "softmax":
         np.subtract(logits, logits.max(), out=scores)
         np.exp(scores, out=scores)
