@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.dicom.capture import pydicom_warnings
-from engine.dicom.codestream import declared_size, has_end_marker, needs_end_marker
+from engine.dicom.codestream import has_end_marker, needs_end_marker, size_statements
 from engine.dicom.color import Palette, ybr_full_to_rgb
 from engine.dicom.header import PixelModule
 from engine.dicom.problems import fail
@@ -135,12 +135,26 @@ class FrameDecoder:
         if needs_end_marker(pm.transfer_syntax_uid) and not has_end_marker(encoded):
             raise fail(self._source, "PixelData", f"frame {index}: cannot be decoded as {pm.transfer_syntax_name}: "
                                                   f"truncated stream (no end-of-image marker FF D9 at its end)")
-        size = declared_size(encoded)
-        expected = (self._pm.rows, self._pm.columns)
-        if size is not None and size != expected:
-            raise fail(self._source, "PixelData", f"frame {index}: the codestream declares {size[0]} x {size[1]} "
-                                                  f"pixels but Rows x Columns is {expected[0]} x {expected[1]}; "
-                                                  f"refusing to decode it")
+        if not needs_end_marker(pm.transfer_syntax_uid):
+            return  # RLE: no size in the stream; the decoder writes exactly Rows x Columns
+        try:
+            statements = size_statements(encoded)
+        except ValueError as exc:
+            raise fail(self._source, "PixelData", f"frame {index}: {exc}; refusing to decode it") from None
+        if not statements:
+            raise fail(self._source, "PixelData", f"frame {index}: no {pm.transfer_syntax_name} header stating the "
+                                                  f"image size (JPEG SOF / JPEG 2000 SIZ) was found; refusing to "
+                                                  f"decode it")
+        expected = (pm.rows, pm.columns)
+        for st in statements:
+            if (st.rows, st.columns) != expected:
+                raise fail(self._source, "PixelData", f"frame {index}: the codestream declares {st.rows} x "
+                                                      f"{st.columns} pixels ({st.where}) but Rows x Columns is "
+                                                      f"{expected[0]} x {expected[1]}; refusing to decode it")
+            if st.components != pm.samples_per_pixel:
+                raise fail(self._source, "PixelData", f"frame {index}: the codestream declares {st.components} "
+                                                      f"component(s) ({st.where}) but SamplesPerPixel is "
+                                                      f"{pm.samples_per_pixel}; refusing to decode it")
 
     def _check_native_length(self) -> None:
         pm = self._pm

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.corpus.case import ACCEPTED, Case
-from tests.corpus.dicom_files import _raw, _read, _write, parent_path
+from tests.corpus.dicom_files import _fragments, _raw, _re_encapsulate, _read, _write, parent_path
 
 
 def _cases_padding(add: Callable) -> None:
@@ -96,7 +96,88 @@ def _cases_segmented_lut(add: Callable) -> None:
             f"({len(words) * bits // 8} bytes, {fan_out}^{layers} segment visits if expanded naively)")
 
 
-GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut)
+def _box(kind: bytes, payload: bytes, extended: bool = False) -> bytes:
+    if extended:  # LBox = 1: a 64-bit XLBox follows (15444-1 I.4)
+        return struct.pack(">I4sQ", 1, kind, 16 + len(payload)) + payload
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def jp2_wrap(codestream: bytes, *, before: bytes = b"", ihdr_size: tuple[int, int] | None = None,
+             extended: bool = False) -> bytes:
+    """A JP2 file (15444-1 Annex I) around a raw J2K codestream: signature, file type, `before` (any
+    boxes), the header superbox (image header + colour specification) and the codestream box."""
+    xsiz, ysiz = struct.unpack_from(">II", codestream, 8)
+    csiz = struct.unpack_from(">H", codestream, 40)[0]
+    ssiz = codestream[42]
+    height, width = ihdr_size or (ysiz, xsiz)
+    ihdr = _box(b"ihdr", struct.pack(">IIHBBBB", height, width, csiz, ssiz, 7, 0, 0))
+    colr = _box(b"colr", struct.pack(">BBBI", 1, 0, 0, 17 if csiz == 1 else 16))
+    return (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + _box(b"ftyp", b"jp2 " + bytes(4) + b"jp2 ") + before
+            + _box(b"jp2h", ihdr + colr) + _box(b"jp2c", codestream, extended))
+
+
+def set_siz(codestream: bytes, rows: int | None = None, columns: int | None = None,
+            components: int | None = None) -> bytes:
+    """The codestream with its SIZ marker segment's Xsiz/Ysiz (image size, offsets 0) or Csiz changed."""
+    out = bytearray(codestream)
+    if columns is not None:
+        struct.pack_into(">I", out, 8, columns)
+    if rows is not None:
+        struct.pack_into(">I", out, 12, rows)
+    if components is not None:
+        struct.pack_into(">H", out, 40, components)
+    return bytes(out)
+
+
+def _cases_jp2_boxes(add: Callable) -> None:
+    xml = _box(b"xml ", b"<x>" + b"a" * 8000 + b"</x>")  # pushes the codestream past any fixed search window
+    uuid = _box(b"uuid", bytes(16) + bytes(70000), extended=True)
+    for parent in ("JPEG2000.dcm", "US1_J2KR.dcm", "emri_small_jpeg_2k_lossless.dcm"):
+        stem = parent[:-4]
+        entry = "session.stream" if parent.startswith("emri") else "session.run"
+
+        def mutated(fn: Callable[[bytes], bytes], parent: str = parent) -> bytes:
+            ds = _read(parent)
+            _re_encapsulate(ds, [fn(f) for f in _fragments(ds)])
+            return _write(ds)
+
+        declares = r"PixelData.*declares"
+        for name, fn, expect, match, why in (
+                ("jp2-xml-box-then-huge-siz", lambda f: jp2_wrap(set_siz(f, 60000, 60000), before=xml), "DicomError",
+                 declares, "JP2 wrapper with an 8 KB XML box before a codestream whose SIZ declares 60000 x 60000"),
+                ("jp2-uuid-xlbox-then-huge-siz", lambda f: jp2_wrap(set_siz(f, 40000, 30000), before=uuid,
+                                                                   extended=True), "DicomError", declares,
+                 "JP2 wrapper with a 70 KB uuid box (64-bit length) before a 40000 x 30000 SIZ"),
+                ("jp2-huge-ihdr", lambda f: jp2_wrap(f, before=xml, ihdr_size=(50000, 50000)), "DicomError",
+                 r"PixelData.*declares.*ihdr", "JP2 image header box declares 50000 x 50000, SIZ the real size"),
+                ("jp2-box-overruns", lambda f: jp2_wrap(f, before=struct.pack(">I4s", 0x7FFFFFF0, b"free")),
+                 "DicomError", r"PixelData.*JP2 box", "a JP2 box declaring 2 GiB inside a small fragment"),
+                ("jp2-without-codestream-box", lambda f: jp2_wrap(f)[:-len(f) - 8] + _box(b"free", f), "DicomError",
+                 r"PixelData.*jp2c", "a JP2 file whose codestream sits in a 'free' box, not 'jp2c'"),
+                ("j2k-siz-components-16384", lambda f: set_siz(f, components=16384), "DicomError",
+                 r"PixelData.*component", "raw J2K codestream whose SIZ declares 16384 components"),
+                ("j2k-after-junk", lambda f: bytes(4096) + f, "DicomError", r"PixelData.*(header stating|decoded)",
+                 "4 KB of zeros before the SOC marker: no size can be read")):
+            add(f"jp2/{stem}/{name}", mutated(fn), entry, expect, match, f"{parent}: {why}")
+    add("jp2/JPEG2000/jp2-valid-wrapper", _jp2_valid(xml), "session.run", ACCEPTED, "",
+        "JPEG2000.dcm's codestream in a valid JP2 wrapper with an 8 KB XML box first (decodes as before)")
+    ds = _read("SC_rgb_jpeg_dcmtk.dcm")
+    app = b"\xff\xe5" + struct.pack(">H", 10002) + bytes(10000)
+    frames = [f[:2] + app + f[2:] for f in _fragments(ds)]
+    frames = [f.replace(b"\xff\xc0\x00\x11\x08\x00\x64\x00\x64", b"\xff\xc0\x00\x11\x08\xea\x60\xea\x60")
+              for f in frames]
+    _re_encapsulate(ds, frames)
+    add("jp2/SC_rgb_jpeg_dcmtk/app-segment-then-huge-sof", _write(ds), "session.run", "DicomError",
+        r"PixelData.*declares", "JPEG baseline: a 10 KB APP5 segment before a SOF declaring 60000 x 60000")
+
+
+def _jp2_valid(before: bytes) -> bytes:
+    ds = _read("JPEG2000.dcm")
+    _re_encapsulate(ds, [jp2_wrap(f, before=before) for f in _fragments(ds)])
+    return _write(ds)
+
+
+GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes)
 
 
 def generate(out: Path) -> list[Case]:

@@ -3,7 +3,6 @@ step, values the file states in places the reader did not look (Enhanced multi-f
 groups), offset tables, absurd spacing, and values that vanish in float32."""
 from __future__ import annotations
 
-import io
 import struct
 
 import numpy as np
@@ -53,3 +52,55 @@ def test_segmented_lut_valid_indirect_segment_still_expands():
     lin = np.around(np.linspace(30000 / 127, 30000, 127))
     want = np.concatenate([[0], lin, np.full(127, 30000), [round(30000 + 35535 / 128)]])  # ramp starts at 255
     np.testing.assert_array_equal(table, want[:256])
+
+
+# -- JPEG 2000: the size is found inside JP2 boxes, before decoding -------------------------------------
+def _j2k_with(fn) -> pydicom.Dataset:
+    from tests.corpus.dicom_files import _fragments, _re_encapsulate
+
+    ds = pydicom.dcmread(data_file("JPEG2000.dcm"))
+    _re_encapsulate(ds, [fn(f) for f in _fragments(ds)])
+    return ds
+
+
+def test_jp2_wrapper_with_a_large_box_first_decodes_like_the_raw_codestream():
+    from tests.corpus.hostile_dicom import _box, jp2_wrap
+
+    big = _box(b"xml ", b"<a>" + b"x" * 20000 + b"</a>")
+    wrapped = dicom.read(_bytes(_j2k_with(lambda f: jp2_wrap(f, before=big))))
+    plain = dicom.read(data_file("JPEG2000.dcm"))
+    np.testing.assert_array_equal(wrapped.pixels, plain.pixels)
+
+
+@pytest.mark.parametrize("rows,columns,ihdr", [(60000, 60000, None), (1024, 256, (50000, 50000)),
+                                               (1024, 70000, None)])
+def test_jp2_declared_size_is_checked_before_the_decoder_runs(monkeypatch, rows, columns, ihdr):
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+    from tests.corpus.hostile_dicom import _box, jp2_wrap, set_siz
+
+    def never(*args, **kwargs):
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(DecodeRunner, "decode", never)
+    big = _box(b"uuid", bytes(16) + bytes(9000))
+    ds = _j2k_with(lambda f: jp2_wrap(set_siz(f, rows, columns), before=big, ihdr_size=ihdr))
+    with pytest.raises(DicomError, match=r"PixelData \(7FE0,0010\): frame 0: the codestream declares"):
+        dicom.read(_bytes(ds))
+
+
+def test_size_statements_walk_boxes_and_refuse_broken_ones():
+    from pydicom.encaps import get_frame
+
+    from engine.dicom.codestream import size_statements
+    from tests.corpus.hostile_dicom import _box, jp2_wrap
+
+    raw = get_frame(pydicom.dcmread(data_file("JPEG2000.dcm")).PixelData, 0, number_of_frames=1)
+    found = size_statements(jp2_wrap(raw, before=_box(b"free", bytes(5000), extended=True)))
+    assert [(s.rows, s.columns, s.components) for s in found] == [(1024, 256, 1)] * 2
+    assert [s.where for s in found] == ["JP2 image header box (ihdr)", "JPEG 2000 SIZ in the JP2 'jp2c' box"]
+    for broken in (jp2_wrap(raw)[:40],  # cut inside the header superbox
+                   jp2_wrap(raw, before=struct.pack(">I4s", 4, b"bad!")),  # LBox below its own header
+                   b"\r\n\x87\n" + raw):  # what openjpeg takes for JP2 without the signature box
+        with pytest.raises(ValueError):
+            size_statements(broken)
