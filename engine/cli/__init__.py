@@ -23,9 +23,12 @@ _COMMAND_MODULES = [
     "engine.cli.bench",
     "engine.cli.build",
     "engine.cli.inspect",
+    "engine.cli.serve_dicom",
+    "engine.cli.worker",
     "tools.quantize.cli",
     "tools.cli",
     "tools.dataset.cli",
+    "tools.batch.cli",
 ]
 
 
