@@ -31,6 +31,8 @@ FIRST_PARTY = ("engine", "tools", "benchmarks", "tests")
 SERVED_BY_OTHER_EXTRA = {
     "tensorrt": "gpu",
     "tensorrt_lean": "gpu",
+    "pyarrow": "batch",  # slicert batch
+    "ray": "ray",  # slicert batch --ray
 }
 # Import name -> distribution for optional packages that are not installed here (no GPU machine).
 NOT_INSTALLED_HERE = {"tensorrt": "tensorrt-cu13", "tensorrt_lean": "tensorrt-cu13"}
