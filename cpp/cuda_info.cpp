@@ -63,6 +63,7 @@ void bind_cuda_info(py::module_& m) {
     d["compute_capability"] = py::make_tuple(prop.major, prop.minor);
     d["total_memory_bytes"] = prop.totalGlobalMem;
     d["multiprocessors"] = prop.multiProcessorCount;
+    d["integrated"] = prop.integrated != 0;  // Jetson/DRIVE: no hardware-compatible TensorRT plans
 #else
     (void)device;
     d["error"] = std::string("built without CUDA");

@@ -10,6 +10,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,12 +59,38 @@ struct DeviceScope {
   }
 };
 
+// The preprocessing scratch comes from the device's default stream-ordered pool, whose release
+// threshold is 0: every stream synchronization would hand its pages back to the OS and the next slice
+// would map them again (CUDA Programming Guide, stream-ordered allocator, "physical page caching
+// behavior"). Keep up to 64 MiB cached per device; set once per device, on the first Stream.
+void keep_pool_memory(int device) {
+  static std::mutex mu;
+  static std::set<int> done;
+  std::lock_guard<std::mutex> lk(mu);
+  if (done.count(device)) return;
+  done.insert(device);
+  int supported = 0;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess || !supported) {
+    cudaGetLastError();
+    return;  // no pools (some vGPU/TCC setups): cudaMallocAsync then fails with its own CudaError
+  }
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    uint64_t keep = 64ull << 20;
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  }
+  cudaGetLastError();  // an optimization only: never fail a Stream over it
+}
+
+class Event;
+
 class Stream {
  public:
   explicit Stream(int device) : device_(device) {
     require_device(device);
     DeviceScope scope(device);
     SLICERT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    keep_pool_memory(device);
   }
   ~Stream() { close(); }
   Stream(const Stream&) = delete;
@@ -88,6 +116,10 @@ class Stream {
   }
   int device() const { return device_; }
   uintptr_t handle() const { return reinterpret_cast<uintptr_t>(get()); }
+  cudaStream_t raw() const noexcept { return stream_; }  // nullptr once closed; never throws
+  // Later work on this stream waits until `event` (recorded on any stream) has completed; the host does
+  // not block.
+  void wait(const Event& event) const;
 
  private:
   cudaStream_t stream_ = nullptr;
@@ -108,6 +140,13 @@ class Event {
   Event& operator=(const Event&) = delete;
 
   void record(const Stream& s) { SLICERT_CUDA_CHECK(cudaEventRecord(event_, s.get())); }
+  // Record on a stream SliceRT does not own, given as a handle: a cudaStream_t as an integer, or 1
+  // (cudaStreamLegacy) / 2 (cudaStreamPerThread), the CUDA Array Interface v3 conventions.
+  void record_on(uintptr_t handle) {
+    if (handle == 0) throw InputError("Event.record_on: stream handle 0 is ambiguous (CAI v3 disallows it)");
+    DeviceScope scope(device_);
+    SLICERT_CUDA_CHECK(cudaEventRecord(event_, reinterpret_cast<cudaStream_t>(handle)));
+  }
   void synchronize() {
     py::gil_scoped_release nogil;
     SLICERT_CUDA_CHECK(cudaEventSynchronize(event_));
@@ -133,6 +172,8 @@ class Event {
   cudaEvent_t event_ = nullptr;
   int device_;
 };
+
+void Stream::wait(const Event& event) const { SLICERT_CUDA_CHECK(cudaStreamWaitEvent(get(), event.get(), 0)); }
 
 // Contiguous C-order host array: (pointer, bytes). Refuses anything the copy would misread.
 std::pair<char*, size_t> host_bytes(const py::array& a, bool writable, const char* what) {
@@ -241,7 +282,26 @@ class CudaGraph {
   }
   void end_capture(const Stream& s) {
     SLICERT_CUDA_CHECK(cudaStreamEndCapture(s.get(), &graph_));
-    SLICERT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+    const cudaError_t st = cudaGraphInstantiate(&exec_, graph_, 0ULL);
+    if (st != cudaSuccess) {
+      exec_ = nullptr;
+      reset();
+    }
+    SLICERT_CUDA_CHECK(st);
+  }
+  // Ends a capture that failed part-way (an enqueue refused, an exception) without raising: the
+  // stream leaves capture mode, whatever was captured is discarded, and the (non-sticky) capture
+  // error is cleared, so the caller can launch the same work eagerly (TensorRT's sampleInference
+  // does the same on a failed capture).
+  void abort_capture(const Stream& s) noexcept {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (s.raw() && cudaStreamIsCapturing(s.raw(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t partial = nullptr;
+      cudaStreamEndCapture(s.raw(), &partial);
+      if (partial) cudaGraphDestroy(partial);
+    }
+    cudaGetLastError();
+    reset();
   }
   void launch(const Stream& s) {
     if (!exec_) throw InputError("CudaGraph.launch: nothing captured (call begin_capture/end_capture first)");
@@ -264,9 +324,15 @@ struct DeviceTables {
   float* modality = nullptr;
   float* voi = nullptr;
   int device = 0;
-  ~DeviceTables() {
+  ~DeviceTables() {  // never throws; frees on its own device, like DeviceBuffer::free
+    if (!modality && !voi) return;
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    cudaSetDevice(device);
     if (modality) cudaFree(modality);
     if (voi) cudaFree(voi);
+    if (previous >= 0) cudaSetDevice(previous);
+    cudaGetLastError();
   }
 };
 
@@ -294,6 +360,12 @@ std::shared_ptr<DeviceTables> device_tables(const PreparedSpec& ps, int device, 
   t->device = device;
   t->modality = upload(ps.modality_lut);
   t->voi = upload(ps.voi_lut);
+  if (t->modality || t->voi) {
+    // cudaMemcpy from pageable memory may return before the DMA has landed ("API synchronization
+    // behavior"), and SliceRT's non-blocking streams are not ordered after the legacy stream: wait for it
+    // here, once per spec and device, so no kernel or graph replay reads a half-written table.
+    SLICERT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  }
   ps.device_tables[device] = t;
   return t;
 }
@@ -427,6 +499,31 @@ void argmax_mask_cuda_into(const py::object& out, const py::object& logits, cons
                      reinterpret_cast<uint8_t*>(dst.ptr), stream.get());
 }
 
+void set_device(int device) {
+  require_device(device);
+  SLICERT_CUDA_CHECK(cudaSetDevice(device));
+}
+
+void device_synchronize(int device) {
+  require_device(device);
+  py::gil_scoped_release nogil;
+  DeviceScope scope(device);
+  SLICERT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// ("device", n) for device memory of device n, ("managed", n) for managed memory, ("host", -1) for
+// pinned or ordinary host memory.
+py::tuple pointer_device(uintptr_t ptr) {
+  if (ptr == 0) throw InputError("pointer_device: null pointer");
+  cudaPointerAttributes attr{};
+  SLICERT_CUDA_CHECK(cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr)));
+  switch (attr.type) {
+    case cudaMemoryTypeDevice: return py::make_tuple("device", attr.device);
+    case cudaMemoryTypeManaged: return py::make_tuple("managed", attr.device);
+    default: return py::make_tuple("host", -1);
+  }
+}
+
 #else  // no CUDA in this build: same names, each refuses with BackendUnavailable.
 
 [[noreturn]] void no_cuda() {
@@ -461,12 +558,15 @@ void bind_cuda_resources(py::module_& m) {
       .def_property_readonly("handle", &Stream::handle, "cudaStream_t as an integer (for TensorRT execute_async).")
       .def_property_readonly("device", &Stream::device)
       .def_property_readonly("capturing", &Stream::capturing)
+      .def("wait", &Stream::wait, py::arg("event"), "Later work on this stream waits for `event` (no host block).")
       .def("__enter__", [](Stream& s) -> Stream& { return s; }, py::return_value_policy::reference)
       .def("__exit__", [](Stream& s, py::args) { s.close(); });
 
   py::class_<Event>(m, "Event", "A CUDA event; with timing=True, elapsed_ms measures GPU time between two.")
       .def(py::init<bool, int>(), py::arg("timing") = true, py::arg("device") = 0)
       .def("record", &Event::record, py::arg("stream"))
+      .def("record_on", &Event::record_on, py::arg("stream_handle"),
+           "Record on a foreign stream handle (cudaStream_t as int, 1 legacy, 2 per-thread default).")
       .def("synchronize", &Event::synchronize)
       .def("query", &Event::query, "True when all work before the record has completed.")
       .def("elapsed_ms", &Event::elapsed_ms_since, py::arg("start"),
@@ -506,6 +606,8 @@ void bind_cuda_resources(py::module_& m) {
       .def(py::init<>())
       .def("begin_capture", &CudaGraph::begin_capture, py::arg("stream"))
       .def("end_capture", &CudaGraph::end_capture, py::arg("stream"))
+      .def("abort_capture", &CudaGraph::abort_capture, py::arg("stream"),
+           "End a failed capture without raising and discard it (then run the work eagerly).")
       .def("launch", &CudaGraph::launch, py::arg("stream"))
       .def_property_readonly("ready", &CudaGraph::ready);
 
@@ -521,6 +623,11 @@ void bind_cuda_resources(py::module_& m) {
     require_device(device);
     device_tables(ps, device, false);
   }, py::arg("spec"), py::arg("device") = 0, "Upload the spec's LUT tables to a device (before graph capture).");
+  m.def("set_device", &set_device, py::arg("device"),
+        "cudaSetDevice for the calling thread (TensorRT binds its objects to the current device).");
+  m.def("device_synchronize", &device_synchronize, py::arg("device"), "cudaDeviceSynchronize on `device`.");
+  m.def("pointer_device", &pointer_device, py::arg("ptr"),
+        "(kind, device) of a pointer: ('device', n), ('managed', n) or ('host', -1).");
 #else
   py::class_<Stream>(m, "Stream").def(py::init<int>(), py::arg("device") = 0);
   py::class_<Event>(m, "Event").def(py::init<bool, int>(), py::arg("timing") = true, py::arg("device") = 0);
@@ -530,6 +637,9 @@ void bind_cuda_resources(py::module_& m) {
   m.def("preprocess_cuda_into", [](py::args, py::kwargs) { no_cuda(); });
   m.def("cuda_prepare", [](py::args, py::kwargs) { no_cuda(); });
   m.def("argmax_mask_cuda_into", [](py::args, py::kwargs) { no_cuda(); });
+  m.def("set_device", [](py::args, py::kwargs) { no_cuda(); });
+  m.def("device_synchronize", [](py::args, py::kwargs) { no_cuda(); });
+  m.def("pointer_device", [](py::args, py::kwargs) { no_cuda(); });
 #endif
 }
 

@@ -355,8 +355,9 @@ class Session:
                     _perf_ns() - t0, 0)
         if _is_device_array(x):
             if getattr(self._backend, "accepts_device_arrays", False):
-                # Already on the GPU: the CUDA preprocessing kernel reads it in place (no host copy).
-                return x, self.spec if spec is None else self._check_spec(spec), None, pixel_spacing_mm, 0, None
+                # Already on the GPU: the CUDA preprocessing kernel reads it in place (no host copy); `frame`
+                # picks a frame of an (F, H, W) device array there.
+                return x, self.spec if spec is None else self._check_spec(spec), frame, pixel_spacing_mm, 0, frame
             raise InputError(f"a GPU array ({type(x).__name__}) was given but this session runs on "
                              f"{self.info['backend']} (CPU): copy it to host memory first, or load the bundle "
                              f"with backend='tensorrt' on a GPU machine")
@@ -484,6 +485,7 @@ class Session:
                 raise self._too_small(src_hw)
             outs = backend.infer(1)
             t3 = _perf_ns()
+            stage_ms = backend.stage_ms  # read before release: another thread may reuse this buffer set
             r = result if result is not None else Result(self.task, self.labels)
             self._postprocess(outs[self._out_name][0], r, src_hw, spec_used, spacing)
             t4 = _perf_ns()
@@ -496,7 +498,7 @@ class Session:
         tm["infer"] = (t3 - t2) * 1e-6
         tm["h2d"] = tm["d2h"] = 0.0
         if backend.device_stages:
-            tm.update(backend.stage_ms)
+            tm.update(stage_ms)
         tm["postprocess"] = (t4 - t3) * 1e-6
         tm["total"] = (t4 - t0) * 1e-6
         return r

@@ -212,17 +212,53 @@ __global__ void histogram_kernel(CudaPreprocessArgs a, unsigned int* hist) {
     if (bins[i]) atomicAdd(&hist[i], bins[i]);
 }
 
-__global__ void equalize_table_kernel(const unsigned int* hist, float lo, float hi, float* table) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double total = 0.0, cdf_min = -1.0;
-  for (int i = 0; i < pm::kEqualizeBins; ++i) {
-    total += hist[i];
-    if (cdf_min < 0.0 && hist[i] > 0) cdf_min = total;
+// One block: the CDF as a parallel inclusive scan of the 4096 bin counts (each of 1024 threads owns 4
+// consecutive bins), instead of one thread walking 2 x 4096 bins in FP64 (slow on Orin, whose FP64 rate
+// is 1/64 of FP32). Counts are summed as 64-bit integers, exactly, so `run`, `cdf_min` and `total`
+// reach pm::equalize_value as the same doubles the serial loop produced: the table is bit-identical.
+constexpr int kScanThreads = 1024;
+constexpr int kBinsPerThread = pm::kEqualizeBins / kScanThreads;
+static_assert(pm::kEqualizeBins % kScanThreads == 0, "bins must split evenly over the scan threads");
+
+__global__ void __launch_bounds__(kScanThreads) equalize_table_kernel(const unsigned int* hist, float lo, float hi,
+                                                                       float* table) {
+  __shared__ unsigned long long partial[kScanThreads];
+  __shared__ int first_nonzero;
+  const int t = threadIdx.x;
+  if (t == 0) first_nonzero = pm::kEqualizeBins;
+  unsigned long long own[kBinsPerThread];
+  unsigned long long sum = 0;
+  for (int k = 0; k < kBinsPerThread; ++k) {
+    own[k] = hist[t * kBinsPerThread + k];
+    sum += own[k];
   }
-  double run = 0.0;
-  for (int i = 0; i < pm::kEqualizeBins; ++i) {
-    run += hist[i];
-    table[i] = pm::equalize_value(run, cdf_min, total, lo, hi);
+  partial[t] = sum;
+  __syncthreads();
+  for (int k = 0; k < kBinsPerThread; ++k)
+    if (own[k] > 0) {
+      atomicMin(&first_nonzero, t * kBinsPerThread + k);
+      break;
+    }
+  for (int step = 1; step < kScanThreads; step *= 2) {  // Hillis-Steele inclusive scan of the thread sums
+    const unsigned long long add = t >= step ? partial[t - step] : 0ull;
+    __syncthreads();
+    partial[t] += add;
+    __syncthreads();
+  }
+  const double total = static_cast<double>(partial[kScanThreads - 1]);
+  unsigned long long run = t > 0 ? partial[t - 1] : 0ull;
+  const int first = first_nonzero;
+  // cdf_min: the cumulative count at the first non-empty bin (-1 when every bin is empty, as before).
+  double cdf_min = -1.0;
+  if (first < pm::kEqualizeBins) {
+    const int owner = first / kBinsPerThread;
+    unsigned long long c = owner > 0 ? partial[owner - 1] : 0ull;
+    for (int k = owner * kBinsPerThread; k <= first; ++k) c += hist[k];
+    cdf_min = static_cast<double>(c);
+  }
+  for (int k = 0; k < kBinsPerThread; ++k) {
+    run += own[k];
+    table[t * kBinsPerThread + k] = pm::equalize_value(static_cast<double>(run), cdf_min, total, lo, hi);
   }
 }
 
@@ -260,7 +296,7 @@ void enqueue(const CudaPreprocessArgs& a, cudaStream_t stream, char* scratch, si
     SLICERT_CUDA_CHECK(cudaMemsetAsync(hist, 0, pm::kEqualizeBins * sizeof(unsigned int), stream));
     histogram_kernel<DT><<<120, 256, 0, stream>>>(a, hist);
     SLICERT_CUDA_CHECK_LAUNCH();
-    equalize_table_kernel<<<1, 1, 0, stream>>>(hist, a.pixel.out_min, a.pixel.out_max, eq_table);
+    equalize_table_kernel<<<1, kScanThreads, 0, stream>>>(hist, a.pixel.out_min, a.pixel.out_max, eq_table);
     SLICERT_CUDA_CHECK_LAUNCH();
     eq = eq_table;
   }

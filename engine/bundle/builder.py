@@ -155,7 +155,7 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  version_compatible: bool = False, dla_core: int | None = None, max_batch: int = 1,
                  force: bool = False, workspace_mb: int = 1024, optimization_level: int = 3,
                  timing_cache: str | os.PathLike[str] | None = None, device: int = 0,
-                 build_threads: int = 1) -> BuildReport:
+                 build_threads: int = 1, tf32: bool = True) -> BuildReport:
     """Build one `.slicert` bundle from a model file, an export folder or a quantizer folder.
 
     `precision` picks the variants (`best`: every variant that passed its accuracy gate); `target`
@@ -250,7 +250,8 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             built = build_engine(members[fmt.onnx_member(v)], variant=v, max_batch=max_batch,
                                  hardware_compat=hardware_compat, version_compatible=version_compatible,
                                  dla_core=dla_core, workspace_bytes=int(workspace_mb) << 20,
-                                 optimization_level=optimization_level, timing_cache=cache_bytes, device=device)
+                                 optimization_level=optimization_level, timing_cache=cache_bytes, device=device,
+                                 tf32=tf32)  # tf32=False: FP32 engines without TF32 (accuracy comparisons)
             cache_bytes = built.timing_cache  # later variants reuse earlier tactic timings
             names = fmt.engine_members(built.record["trt_version"], tuple(built.record["compute_capability"]),
                                        hardware_compat, v)

@@ -33,8 +33,40 @@ def test_exact_match_wins():
 
 
 def test_hardware_compatible_engine_on_another_ampere_gpu():
-    e, why = pick_engine(ENGINES, "int8", (8, 9), "11.4.1.2")
+    e, why = pick_engine(ENGINES, "int8", (8, 9), "11.4.0.106")
     assert e["plan"] == "engines/trt-11.4/ampere+.int8.plan" and "hardware-compatible" in why
+
+
+def test_plans_that_are_not_version_compatible_need_the_exact_tensorrt_build():
+    # GPU review D8: "version numbers must match (in major, minor, patch, and build)".
+    for version in ("11.4.1.2", "11.4.0.107"):
+        e, why = pick_engine(ENGINES, "int8", (8, 7), version)
+        assert e is None and f"no engine fits sm_87 with TensorRT {version}" in why
+
+
+def test_hardware_compatible_plans_never_on_an_integrated_gpu():
+    jetson = {"machine": "aarch64", "integrated": True}
+    aarch64_engines = [{**e, "platform": jetson} if e.get("hardware_compat") == "ampere+" else e for e in ENGINES]
+    e, why = pick_engine(aarch64_engines, "int8", (8, 9), "11.4.0.106", platform=jetson)
+    assert e is None and "integrated GPU" in why
+
+
+def test_plans_run_only_on_the_platform_that_built_them():
+    x86 = {"machine": "x86_64", "integrated": False}
+    built_on_x86 = [{**e, "platform": x86} for e in ENGINES]
+    e, why = pick_engine(built_on_x86, "int8", (8, 7), "11.4.0.106", platform={"machine": "aarch64",
+                                                                             "integrated": True})
+    assert e is None and "was built on x86_64" in why
+    assert pick_engine(built_on_x86, "int8", (8, 7), "11.4.0.106", platform=x86)[0]["plan"].endswith("sm_87.int8.plan")
+    # Bundles from before the platform was recorded: accepted (a failing deserialize is then rebuilt).
+    assert pick_engine(ENGINES, "int8", (8, 7), "11.4.0.106", platform=x86)[0] is not None
+
+
+def test_lean_runtime_runs_only_version_compatible_plans():
+    e, why = pick_engine(ENGINES, "int8", (8, 7), "11.4.0.106", lean_only=True)
+    assert e is None and "only the lean runtime" in why
+    e, _ = pick_engine(ENGINES, "fp16", (9, 0), "11.2.1.5", lean_only=True)
+    assert e["plan"] == "engines/trt-11.2/sm_90.fp16.plan"
 
 
 def test_version_compatible_engine_on_newer_tensorrt():

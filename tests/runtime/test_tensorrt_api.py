@@ -25,8 +25,8 @@ TYPED_NAMES = {
     "tensorrt_build.py": {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser",
                           "config": "IBuilderConfig", "profile": "IOptimizationProfile", "runtime": "Runtime", "engine": "ICudaEngine", "inspector": "EngineInspector",
                           "err": "ParserError", "inp": "ITensor"},
-    "tensorrt.py": {"self._runtime": "Runtime", "engine": "ICudaEngine",
-                    "self._context": "IExecutionContext"},
+    "tensorrt.py": {"self._runtime": "Runtime", "runtime": "Runtime", "engine": "ICudaEngine",
+                    "self._engine": "ICudaEngine", "context": "IExecutionContext", "ctx.context": "IExecutionContext"},
 }
 
 
@@ -150,7 +150,8 @@ def test_listing_copy_matches_reference_when_present():
 # -- the native CUDA resources the backend drives (engine._native, cpp/cuda_resources.cpp) ---------------
 NATIVE_TYPED = {"self._stream": "Stream", "stream": "Stream", "self._d_input": "DeviceBuffer", "device": "DeviceBuffer",
                 "self._d_outputs[]": "DeviceBuffer", "self._h_outputs[]": "PinnedBuffer", "pinned": "PinnedBuffer",
-                "staging": "PinnedBuffer", "graph": "CudaGraph", "ev[]": "Event"}
+                "self._tensor_staging": "PinnedBuffer", "graph": "CudaGraph", "ev[]": "Event",
+                "self._sync_event": "Event"}
 
 
 def _dotted_sub(node: ast.AST) -> str | None:
@@ -214,3 +215,24 @@ def test_backend_uses_only_native_api_that_exists():
                     problems.append(f"_native.{name}: no parameter {kw.arg!r}")
     assert problems == []
     assert seen == set(NATIVE_TYPED), f"typed names never used (stale table?): {set(NATIVE_TYPED) - seen}"
+
+
+def test_emulation_offers_the_native_api_the_backend_uses():
+    """tests/runtime/fake_device_trt.py must not drift from engine._native: every native function and
+    method the backend calls exists on the emulation too (and, by the test above, on the real module)."""
+    import fake_device_trt as fake
+
+    emu = fake.EmulatedDevice()
+    classes = {"Stream": fake.EmulatedStream, "Event": fake.EmulatedEvent, "DeviceBuffer": fake.EmulatedDeviceBuffer,
+               "PinnedBuffer": fake.EmulatedPinnedBuffer, "CudaGraph": fake.EmulatedGraph}
+    tree = ast.parse(SOURCES[1].read_text())
+    missing = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            chain = _dotted_sub(node.value)
+            if chain == "_native" and not hasattr(emu.native, node.attr):
+                missing.add(f"_native.{node.attr}")
+            if chain in NATIVE_TYPED and not hasattr(classes[NATIVE_TYPED[chain]], node.attr) and node.attr not in (
+                    "ptr", "nbytes", "handle", "device"):  # instance attributes of the emulation
+                missing.add(f"{NATIVE_TYPED[chain]}.{node.attr}")
+    assert missing == set()

@@ -88,9 +88,14 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8(model: onnx.ModelProto, folder: Path, seed: int = 3, *, cpu_form: bool = False) -> onnx.ModelProto:
-    """Explicit Q/DQ INT8 via onnxruntime.quantization (static, per-channel weights), small calibration.
-    TensorRT form: INT8 activations; CPU form (`cpu_form`): UINT8 activations, as the quantizer writes."""
+    """Explicit Q/DQ INT8 via onnxruntime.quantization (static, per-channel weights), small calibration,
+    with the rules of tools/quantize/int8.py. TensorRT form: symmetric INT8 activations (zero point 0),
+    FP32 bias, Q/DQ on the inputs of weighted ops and Add only; TensorRT's ONNX parser refuses
+    asymmetric zero points and INT32 bias DequantizeLinear (gpu-path review D1). CPU form (`cpu_form`):
+    UINT8 activations and INT32 bias, as the quantizer writes for ONNX Runtime."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from tools.quantize.int8 import TRT_OP_TYPES
 
     rng = np.random.default_rng(seed)
 
@@ -104,8 +109,15 @@ def to_int8(model: onnx.ModelProto, folder: Path, seed: int = 3, *, cpu_form: bo
 
     src, dst = folder / "_fp32_for_q.onnx", folder / "_int8.onnx"
     onnx.save(model, src)
+    if cpu_form:
+        form = dict(activation_type=QuantType.QUInt8,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True})
+    else:
+        form = dict(activation_type=QuantType.QInt8, op_types_to_quantize=TRT_OP_TYPES,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                   "OpTypesToExcludeOutputQuantization": TRT_OP_TYPES})
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8, weight_type=QuantType.QInt8)
+                    reduce_range=False, weight_type=QuantType.QInt8, **form)
     q = onnx.load(dst)
     src.unlink()
     dst.unlink()
