@@ -30,6 +30,10 @@ class BundleError(SliceRTError):
     """A bundle is missing, corrupt, tampered with, or of an unknown schema."""
 
 
+class SignatureError(BundleError):
+    """A bundle's signature is missing, broken, or not by a trusted key (engine.load(trusted_keys=...))."""
+
+
 class EngineMismatch(BundleError):
     """No engine in the bundle fits this GPU / TensorRT version, and rebuilding was not allowed."""
 
@@ -68,6 +72,6 @@ class CudaError(SliceRTError, RuntimeError):
 
 __all__ = [
     "SliceRTError", "InputError", "DicomError", "UnsupportedTransferSyntax", "PixelLimitExceeded",
-    "BundleError", "EngineMismatch", "BackendUnavailable", "SessionClosed", "AccuracyGateError",
+    "BundleError", "SignatureError", "EngineMismatch", "BackendUnavailable", "SessionClosed", "AccuracyGateError",
     "OutputExists", "CudaError", "SharedMemoryError",
 ]

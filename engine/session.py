@@ -224,6 +224,7 @@ class Session:
             "why": why, "bundle": str(bundle.path), "model": bundle.manifest["model"]["name"], "task": self.task,
             "labels": list(self.labels), "max_batch": backend.max_batch, "voi_policy": self.voi_policy,
             "schema_version": bundle.manifest["schema_version"],
+            "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
         }
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
         if self.task == "segmentation":
@@ -698,7 +699,7 @@ class _Mailbox:
 def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
          use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None,
-         min_side: int = 16) -> Session:
+         min_side: int = 16, trusted_keys=None) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.
 
     backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
@@ -715,6 +716,9 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     version-compatible engine (needed when that version differs from this one: SliceRT builds such
     plans with EXCLUDE_LEAN_RUNTIME so devices can ship the small lean runtime).
     min_side: smallest image side in pixels `run` accepts (InputError below it; default 16).
+    trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
+    (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
+    a verified signature lets TensorRT run a version-compatible plan's embedded host code.
     """
     if not isinstance(min_side, int) or isinstance(min_side, bool) or min_side < 1:
         raise InputError(f"min_side must be an integer >= 1 (pixels), got {min_side!r}")
@@ -727,7 +731,7 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"engine.load: path must be a str or os.PathLike to a .slicert bundle, got "
                          f"{type(path).__name__}")
-    bundle = open_bundle(Path(path))
+    bundle = open_bundle(path, trusted_keys=trusted_keys)
     try:
         options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device,
                    "cuda_graph": bool(cuda_graph), "lean_runtime": lean_runtime}

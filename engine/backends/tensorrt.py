@@ -59,6 +59,7 @@ from engine.errors import (
     EngineMismatch,
     InputError,
     SessionClosed,
+    SignatureError,
 )
 
 NATIVE_CONTRACT = ("Stream", "DeviceBuffer", "PinnedBuffer", "Event", "CudaGraph", "preprocess_cuda_into",
@@ -240,11 +241,17 @@ class TensorRTBackend(Backend):
         if entry is None and not self.options.get("rebuild"):
             raise EngineMismatch(why)
         if entry is not None:
-            plan = self.bundle.view(entry["plan"])  # zero-copy view of the 4 KiB-aligned member
+            plan = self.bundle.view(entry["plan"])  # the member bytes, SHA-256 checked as read
             if entry.get("version_compatible"):
-                # A version-compatible plan runs lean-runtime host code: allowed for bundles whose SHA-256
-                # verified. Built with EXCLUDE_LEAN_RUNTIME, it uses this process's TensorRT when the versions
+                # A version-compatible plan runs host code embedded in the plan: allowed only when the bundle's
+                # signature verified against a trusted key (a SHA-256 only proves the file matches itself).
+                # Built with EXCLUDE_LEAN_RUNTIME, it uses this process's TensorRT when the versions
                 # match, else the lean runtime library of the building version, loaded from `lean_runtime`.
+                sig = getattr(self.bundle, "signature", None)
+                if sig is None or not sig.verified:
+                    raise SignatureError(f"{entry['plan']} is version-compatible, so it runs host code from the bundle: "
+                                         f"load with trusted_keys=[...] of the key that signed it (`slicert build "
+                                         f"--sign`); signature: {sig.detail if sig else 'not checked'}")
                 self._runtime.engine_host_code_allowed = True
                 if entry["trt_version"] != tensorrt_version() and entry.get("lean_runtime_excluded") and lean_runtime:
                     self._parent_runtime = self._runtime

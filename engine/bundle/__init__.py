@@ -2,7 +2,7 @@
 accuracy report and provenance, every member checked by SHA-256 on load.
 
     build_bundle(source, out, ...)   toolchain/quantizer output -> bundle   (`slicert build`)
-    open_bundle(path)                verified, memory-mapped bundle          (`slicert inspect`)
+    open_bundle(path)                verified, open bundle                  (`slicert inspect`)
 """
 from __future__ import annotations
 

@@ -76,6 +76,17 @@ def _io_signature(onnx_bytes: bytes, label: str) -> dict[str, Any]:
     return {"input": describe(inputs[0]), "output": describe(graph.output[0]), "opset": opsets.get("ai.onnx")}
 
 
+def _refuse_outside_data(path: Path) -> None:
+    """External data and unbounded loops are refused at build as at load (engine/bundle/onnx_guard.py):
+    ONNX Runtime would resolve an external path against the build machine's working directory."""
+    from engine.bundle.onnx_guard import check_model
+
+    try:
+        check_model(path.read_bytes(), path.name)
+    except BundleError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _check_against_meta(sig: dict[str, Any], src: ModelSource, label: str) -> None:
     spec = src.spec
     task = src.meta["task"]
@@ -155,13 +166,14 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  version_compatible: bool = False, dla_core: int | None = None, max_batch: int = 1,
                  force: bool = False, workspace_mb: int = 1024, optimization_level: int = 3,
                  timing_cache: str | os.PathLike[str] | None = None, device: int = 0,
-                 build_threads: int = 1, tf32: bool = True) -> BuildReport:
+                 build_threads: int = 1, tf32: bool = True, sign_key=None) -> BuildReport:
     """Build one `.slicert` bundle from a model file, an export folder or a quantizer folder.
 
     `precision` picks the variants (`best`: every variant that passed its accuracy gate); `target`
     picks what is compiled (see the module docstring). `max_batch` is the largest batch the engines
     and verification cover. Raises OutputExists (out exists, no force), InputError (bad source),
     AccuracyGateError, BackendUnavailable (`target="tensorrt"` without TensorRT/GPU).
+    `sign_key`: Ed25519 private key (PEM path or bytes) that signs the manifest (`--sign`).
     """
     from engine.bundle.tensorrt_build import (
         HARDWARE_COMPAT_LEVELS,
@@ -184,10 +196,15 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     if out.exists() and not force:  # fail before minutes of engine building
         raise OutputExists(f"{out} already exists; pass force=True (CLI: --force) to replace it")
 
+    if sign_key is not None:
+        from engine.bundle.signing import load_private_key
+
+        sign_key = load_private_key(sign_key)  # a bad key fails before minutes of building
     src = resolve_source(source, meta)
     signatures = {}
     for v, path in [*src.onnx.items(), *((f"{v} (CPU form)", p) for v, p in src.onnx_cpu.items())]:
         sig = _io_signature(path.read_bytes(), f"{path.name}")
+        _refuse_outside_data(path)
         _check_against_meta(sig, src, path.name)
         signatures[v] = sig
     ref = signatures.get("fp32") or next(iter(signatures.values()))
@@ -310,6 +327,6 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     }
     if not variants:
         raise BundleError("nothing to bundle")
-    path = write_bundle(out, manifest, members, force=force)
+    path = write_bundle(out, manifest, members, force=force, sign_key=sign_key)
     return BuildReport(path=path, variants=variants, engines=engines, engines_not_built=engines_not_built,
                        excluded=excluded, notes=notes, manifest=manifest)

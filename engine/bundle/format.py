@@ -3,8 +3,8 @@
 Why a zip: every platform can list and extract it with standard tools, the central directory gives
 random access, and with ZIP_STORED members the ONNX model and TensorRT plan bytes sit in the file
 verbatim. The writer pads each member's local header (an "extra" field, like Android's zipalign) so
-member data starts on a 4 KiB boundary: the reader maps the file and hands TensorRT a zero-copy view
-of the plan.
+member data starts on a 4 KiB boundary (page-aligned data lets a tool map a member; the runtime reads
+members with pread instead, see reader.py, because a mapped file that shrinks raises SIGBUS).
 
 Layout (schema version 1):
     manifest.json                                  this schema; sha256 + size of every other member
@@ -15,8 +15,11 @@ Layout (schema version 1):
     engines/trt-<major.minor>/<key>.<variant>.timing.cache | .build.log | .layers.json
     reports/accuracy_report.json                   the quantizer's report, verbatim (when given)
 
+    signature.json                                 optional Ed25519 signature of manifest.json (signing.py)
+
 The SHA-256 digests give integrity (accidental corruption, truncation, edits), not authenticity: a
-party able to rewrite the file can rewrite the manifest too. Sign the bundle out of band if needed.
+party able to rewrite the file can rewrite the manifest too. The optional signature gives
+authenticity: `engine.load(path, trusted_keys=[...])` accepts only bundles signed by one of those keys.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ FORMAT_NAME = "slicert-bundle"
 SCHEMA_VERSION = 1
 SUFFIX = ".slicert"
 MANIFEST = "manifest.json"
-ALIGNMENT = 4096  # member data alignment in bytes (one page: mmap views need no copy)
+ALIGNMENT = 4096  # member data alignment in bytes (one page)
 
 TASKS = ("classification", "segmentation")
 VARIANTS = ("fp32", "fp16", "int8", "mixed")

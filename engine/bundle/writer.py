@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Union
 
 from engine.bundle import format as fmt
+from engine.bundle import signing
 from engine.errors import BundleError, OutputExists
 
 MemberSource = Union[bytes, bytearray, memoryview, "os.PathLike[str]", str]
@@ -120,12 +121,13 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
 
 
 def write_bundle(path: os.PathLike[str] | str, manifest: Mapping, members: Mapping[str, MemberSource], *,
-                 force: bool = False) -> Path:
+                 force: bool = False, sign_key=None) -> Path:
     """Write `manifest` + `members` as one bundle file at `path`; returns the path.
 
     `members` maps member names (e.g. "onnx/model.fp32.onnx") to bytes or a file path. The writer
     fills `manifest["members"]` with each member's SHA-256 and size (bytes) and validates the manifest
     before anything is written. Raises OutputExists if `path` exists and `force` is False.
+    `sign_key`: an Ed25519 private key (PEM path/bytes, see engine.bundle.signing) signing the manifest.
     """
     target = Path(path)
     if target.exists() and not force:
@@ -138,8 +140,8 @@ def write_bundle(path: os.PathLike[str] | str, manifest: Mapping, members: Mappi
     manifest = json.loads(json.dumps(dict(manifest)))  # deep copy; also proves it is plain JSON
     entries: dict[str, dict] = {}
     for name in sorted(members):
-        if name == fmt.MANIFEST:
-            raise BundleError(f"{fmt.MANIFEST} is written by the writer; do not pass it as a member")
+        if name in (fmt.MANIFEST, signing.SIGNATURE):
+            raise BundleError(f"{name} is written by the writer; do not pass it as a member")
         fmt.check_member_name(name)
         sha, size = _digest(members[name])
         entries[name] = {"sha256": sha, "size": size}
@@ -147,6 +149,7 @@ def write_bundle(path: os.PathLike[str] | str, manifest: Mapping, members: Mappi
     manifest.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     fmt.validate_manifest(manifest)
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    signature = None if sign_key is None else signing.sign(manifest_bytes, sign_key)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
@@ -155,6 +158,8 @@ def write_bundle(path: os.PathLike[str] | str, manifest: Mapping, members: Mappi
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.comment = f"SliceRT bundle, schema {fmt.SCHEMA_VERSION}".encode()
                 _write_member(zf, fh, fmt.MANIFEST, manifest_bytes, len(manifest_bytes), sha256_bytes(manifest_bytes))
+                if signature is not None:
+                    _write_member(zf, fh, signing.SIGNATURE, signature, len(signature), sha256_bytes(signature))
                 for name in entries:
                     _write_member(zf, fh, name, members[name], entries[name]["size"], entries[name]["sha256"])
             fh.flush()

@@ -27,7 +27,18 @@ def _manifest(**over):
     return m
 
 
-MEMBERS = {"onnx/model.fp32.onnx": bytes(range(256)) * 40, "reports/accuracy_report.json": b'{"ok": true}',
+def _onnx_bytes() -> bytes:
+    """A real (identity) ONNX model padded to ~10 KB: the reader parses every ONNX member's protobuf."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["scores"])], "identity",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1, 8, 8])])
+    graph.doc_string = "x" * 10_000
+    return helper.make_model(graph).SerializeToString()
+
+
+MEMBERS = {"onnx/model.fp32.onnx": _onnx_bytes(), "reports/accuracy_report.json": b'{"ok": true}',
            "engines/trt-11.4/sm_87.fp32.plan": os.urandom(5000)}
 
 
@@ -47,7 +58,7 @@ def test_round_trip_members_manifest_and_alignment(tmp_path):
         for name, data in MEMBERS.items():
             assert b.read(name) == data
             assert b.manifest["members"][name]["size"] == len(data)
-            # Member data starts on a page boundary: the reader's views are zero-copy mmap slices.
+            # Member data starts on a page boundary (the writer's zipalign-style padding).
             assert b._offsets[name][0] % fmt.ALIGNMENT == 0
         assert b.spec == PreprocessSpec(8, 8)
         assert b.labels == ["a", "b"]

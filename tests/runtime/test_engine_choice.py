@@ -105,7 +105,9 @@ def test_bundle_with_engines_round_trips_and_inspects(tmp_path):
                 "preprocess": PreprocessSpec(8, 8).to_dict(), "voi_policy": "dicom",
                 "output": {"name": "scores", "postprocess": "softmax"},
                 "variants": {"int8": {"onnx": "onnx/model.int8.onnx"}}, "engines": ENGINES[:2], "provenance": {}}
-    members = {"onnx/model.int8.onnx": b"placeholder onnx"}
+    import tiny_models  # the reader parses every ONNX member: a real model, not placeholder bytes
+
+    members = {"onnx/model.int8.onnx": tiny_models.classifier().SerializeToString()}
     for e in ENGINES[:2]:
         for key in ("plan", "timing_cache", "build_log", "layers"):
             members[e[key]] = f"placeholder {key}".encode()
