@@ -31,7 +31,7 @@ import numpy as np
 from engine.backends import backend_class, backend_names, require_backend
 from engine.bundle import format as fmt
 from engine.bundle.reader import Bundle, open_bundle
-from engine.errors import BackendUnavailable, EngineMismatch, InputError, SessionClosed
+from engine.errors import AccuracyGateError, BackendUnavailable, EngineMismatch, InputError, SessionClosed
 from engine.spec import PreprocessSpec
 
 _perf_ns = time.perf_counter_ns
@@ -145,10 +145,17 @@ def _spec_key(spec: PreprocessSpec) -> tuple:
 def _resolve_variant(bundle: Bundle, precision: str, backend: str) -> str:
     variants = bundle.variants
     if precision == "best":
+        # Never a variant whose accuracy gate failed for this backend, whatever the manifest's default
+        # says (validate_manifest refuses such a default; this also covers a per-backend form's gate).
         default = (bundle.manifest.get("default_variant") or {}).get(backend)
-        if default in variants:
+        if default in variants and fmt.gate_failed(variants[default], backend) is None:
             return default
-        return next(v for v in fmt.BEST_ORDER[backend] + tuple(variants) if v in variants)
+        for v in fmt.BEST_ORDER[backend] + tuple(variants):
+            if v in variants and fmt.gate_failed(variants[v], backend) is None:
+                return v
+        raise AccuracyGateError(f"bundle {bundle.path.name}: every variant failed its accuracy gate for {backend} ("
+                                + "; ".join(f"{v}: {fmt.gate_failed(e, backend)}" for v, e in variants.items())
+                                + "); precision='best' picks only variants that passed")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision not in variants:
@@ -224,6 +231,7 @@ class Session:
             "why": why, "bundle": str(bundle.path), "model": bundle.manifest["model"]["name"], "task": self.task,
             "labels": list(self.labels), "max_batch": backend.max_batch, "voi_policy": self.voi_policy,
             "schema_version": bundle.manifest["schema_version"],
+            "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
         }
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
@@ -716,6 +724,9 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     version-compatible engine (needed when that version differs from this one: SliceRT builds such
     plans with EXCLUDE_LEAN_RUNTIME so devices can ship the small lean runtime).
     min_side: smallest image side in pixels `run` accepts (InputError below it; default 16).
+    trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
+    (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
+    a verified signature lets TensorRT run a version-compatible plan's embedded host code.
     trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
     (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
     a verified signature lets TensorRT run a version-compatible plan's embedded host code.

@@ -48,6 +48,18 @@ BEST_ORDER = {"tensorrt": ("int8", "mixed", "fp16", "fp32"), "onnxruntime": ("in
 _MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*(/[A-Za-z0-9][A-Za-z0-9._+\-]*)*$")
 
 
+def gate_failed(entry: dict[str, Any], backend: str | None = None) -> str | None:
+    """Why a variant entry's accuracy gate failed (overall, or for `backend`'s form), else None.
+    A gate that was not stated (passed None, e.g. the FP32 reference) is not a failure."""
+    gate = entry.get("accuracy_gate") or {}
+    if gate.get("passed") is False:
+        return f"accuracy gate failed ({gate.get('detail') or 'no detail'})"
+    form = (gate.get("forms") or {}).get(backend) if backend else None
+    if isinstance(form, dict) and form.get("passed") is False:
+        return f"accuracy gate failed for {backend} ({form.get('detail') or 'no detail'})"
+    return None
+
+
 def onnx_member(variant: str) -> str:
     return f"onnx/model.{variant}.onnx"
 
@@ -188,12 +200,25 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         _member_ref(entry, "onnx", members, where, required=True)
         _member_ref(entry, "onnx_cpu", members, where)
         _member_ref(entry, "ort", members, where)
-        _optional(entry, "accuracy_gate", dict, where)
+        gate = _optional(entry, "accuracy_gate", dict, where)
+        if gate is not None:
+            if gate.get("passed") not in (True, False, None):
+                raise BundleError(f"manifest.json: {where}accuracy_gate.passed must be true, false or null, got "
+                                  f"{gate.get('passed')!r}")
+            forms = _optional(gate, "forms", dict, f"{where}accuracy_gate.")
+            for form, f in (forms or {}).items():
+                if not isinstance(f, dict) or f.get("passed") not in (True, False, None):
+                    raise BundleError(f"manifest.json: {where}accuracy_gate.forms.{form} must be an object whose "
+                                      f"passed is true, false or null")
     defaults = _optional(manifest, "default_variant", dict, "")
     for backend, variant in (defaults or {}).items():
         if not isinstance(variant, str) or variant not in variants:
             raise BundleError(f"manifest.json: default_variant.{backend} must name a variant of this bundle "
                               f"({sorted(variants)}), got {variant!r}")
+        failed = gate_failed(variants[variant], backend)
+        if failed:
+            raise BundleError(f"manifest.json: default_variant.{backend} names {variant!r}, whose {failed}; a "
+                              f"default must be a variant that passed")
     ort = _optional(manifest, "ort", dict, "")
     if ort is not None:
         _optional(ort, "version", str, "ort.")
