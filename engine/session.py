@@ -233,6 +233,7 @@ class Session:
             "schema_version": bundle.manifest["schema_version"],
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
+            "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
         }
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
         if self.task == "segmentation":
@@ -397,7 +398,7 @@ class Session:
         else:
             if src_hw is None:
                 raise InputError("segmentation results need the source image size: new_result(src_hw=(H, W))")
-            h, w = (int(v) for v in src_hw)
+            h, w = _check_src_hw(src_hw)
             r.mask = np.zeros((h, w), np.uint8)
             r._scratch = {}
         return r
@@ -588,10 +589,28 @@ class Session:
             producer.join(timeout=1.0)  # a source blocked in next() (a live probe) is a daemon thread
 
 
+def _check_src_hw(src_hw) -> tuple[int, int]:
+    """(H, W) for new_result: two integers >= 1 whose product stays under the DICOM reader's pixel limit
+    (a mask is one byte per pixel, so an unchecked size is a MemoryError or a ValueError from NumPy)."""
+    from engine.dicom.header import DEFAULT_PIXEL_LIMIT
+
+    try:
+        h, w = src_hw
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (h, w))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h < 1 or w < 1 or int(h) * int(w) > DEFAULT_PIXEL_LIMIT:
+        raise InputError(f"new_result: src_hw must be two integers (H, W) >= 1 with H*W <= {DEFAULT_PIXEL_LIMIT} "
+                         f"pixels, got {src_hw!r}")
+    return int(h), int(w)
+
+
 def _read_dicom(src):
     from engine import dicom
     from engine.errors import DicomError
 
+    if isinstance(src, (str, os.PathLike)) and "\0" in os.fspath(src):
+        raise DicomError(f"cannot read DICOM {src!r}: the path contains a NUL byte")
     try:
         return dicom.read(src)
     except OSError as exc:  # missing file, a directory, unreadable: a typed error naming the path
@@ -704,6 +723,25 @@ class _Mailbox:
             self._cond.notify_all()
 
 
+MAX_BATCH = 4096  # the largest batch `slicert build` verifies (builder.build_bundle)
+MAX_BATCH_BUFFER_BYTES = 1 << 30  # model input + output buffers of one buffer set, before the model runs
+
+
+def _check_batch_bytes(bundle: Bundle, max_batch: int) -> None:
+    """max_batch x the bytes of one slot (model input from the spec, output from the manifest's shape)
+    must stay under MAX_BATCH_BUFFER_BYTES: checked before a buffer is allocated or the warm-up runs the
+    model at that batch (whose activations are a multiple of these bytes)."""
+    spec = bundle.spec
+    per_item = spec.out_channels * spec.out_height * spec.out_width * np.dtype(spec.out_dtype).itemsize
+    out_shape = bundle.manifest["output"].get("shape")
+    if isinstance(out_shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in out_shape[1:]):
+        per_item += 4 * math.prod(max(d, 1) for d in out_shape[1:])
+    if max_batch * per_item > MAX_BATCH_BUFFER_BYTES:
+        raise InputError(f"max_batch={max_batch} needs {max_batch * per_item / 2**20:.0f} MiB of model input/output "
+                         f"buffers ({per_item} bytes per slice), above the {MAX_BATCH_BUFFER_BYTES >> 20} MiB limit; "
+                         f"use max_batch <= {max(1, MAX_BATCH_BUFFER_BYTES // per_item)}")
+
+
 def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
          use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None,
@@ -714,7 +752,8 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     ONNX Runtime on the CPU; `session.info["why"]` says which and why), "onnxruntime" or "tensorrt"
     (BackendUnavailable listing what is available when it cannot run here).
     device: CUDA device index (TensorRT). threads: CPU threads for inference and preprocessing
-    (default: usable cores). max_batch: largest run_batch chunk; buffers for it are allocated now.
+    (default: usable cores). max_batch: largest run_batch chunk, 1..MAX_BATCH (4096, the builder's limit);
+    buffers for it are allocated now, refused (InputError) beyond MAX_BATCH_BUFFER_BYTES of I/O.
     precision: "best" (the bundle's fastest variant that passed its accuracy gate) or fp32/fp16/int8/mixed.
     rebuild: TensorRT may compile an engine from the bundled ONNX when none matches this GPU.
     use_optimized: ONNX Runtime may use the bundle's offline-optimized model when it matches this CPU.
@@ -730,11 +769,14 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
     (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
     a verified signature lets TensorRT run a version-compatible plan's embedded host code.
+    trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
+    (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
+    a verified signature lets TensorRT run a version-compatible plan's embedded host code.
     """
     if not isinstance(min_side, int) or isinstance(min_side, bool) or min_side < 1:
         raise InputError(f"min_side must be an integer >= 1 (pixels), got {min_side!r}")
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_BATCH:
+        raise InputError(f"max_batch must be an integer in [1, {MAX_BATCH}], got {max_batch!r}")
     if not isinstance(device, int) or isinstance(device, bool) or device < 0:
         raise InputError(f"device must be a CUDA device index >= 0, got {device!r}")
     if not isinstance(precision, str) or precision not in PRECISIONS:
@@ -744,6 +786,7 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
                          f"{type(path).__name__}")
     bundle = open_bundle(path, trusted_keys=trusted_keys)
     try:
+        _check_batch_bytes(bundle, max_batch)
         options = {"rebuild": rebuild, "use_optimized": use_optimized, "device": device,
                    "cuda_graph": bool(cuda_graph), "lean_runtime": lean_runtime}
         cls, variant, why = _select_backend(bundle, backend, precision, options)

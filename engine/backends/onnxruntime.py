@@ -32,6 +32,11 @@ import numpy as np
 from engine.backends.base import Backend, check_model_io
 from engine.errors import BackendUnavailable, BundleError, InputError
 
+# Load-time runs (output-shape probe, warm-up) of a model from an untrusted bundle get this much wall
+# time, then RunOptions.terminate stops them between kernels: BundleError instead of a load that never
+# returns. Loops that would never reach a kernel boundary are refused before loading (onnx_guard).
+WARMUP_TIME_LIMIT_S = 30.0
+
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
               "tensor(uint8)": np.uint8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -150,10 +155,43 @@ class OnnxRuntimeBackend(Backend):
                          onnxruntime=ort_version())
         self._describe_io()
         check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._input_specs.items()})
+        self._check_input_dtype(member)
         self._allocate()
         check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._input_specs.items()},
                        {n: a.shape for n, a in self._outputs.items()})
         self._warm_up()
+
+    def _check_input_dtype(self, member: str) -> None:
+        (_, dtype), = self._input_specs.values()
+        want = np.dtype(self.bundle.spec.out_dtype)
+        if dtype != want:
+            raise BundleError(f"bundle {self.bundle.path.name}, member {member!r}: the model input takes {dtype}, but "
+                              f"the manifest's preprocessing writes {want} (spec out_dtype); rebuild the bundle")
+
+    def _bounded(self, what: str, fn, *args):
+        """Run a load-time inference with a wall-time bound; ORT failures become BundleError."""
+        import threading
+
+        ro = args[-1] if args and hasattr(args[-1], "terminate") else None
+        timer = None
+        if ro is not None:
+            timer = threading.Timer(WARMUP_TIME_LIMIT_S, lambda: setattr(ro, "terminate", True))
+            timer.daemon = True
+            timer.start()
+        try:
+            return fn(*args)
+        except Exception as exc:  # ORT's Fail/RuntimeException/InvalidArgument: the bundle's model broke
+            member = self.info.get("model_file", self.variant)
+            if ro is not None and ro.terminate:
+                raise BundleError(f"bundle {self.bundle.path.name}, member {member!r}: {what} took more than "
+                                  f"{WARMUP_TIME_LIMIT_S:g} s and was stopped; the model is far too slow for "
+                                  f"per-slice inference") from None
+            raise BundleError(f"bundle {self.bundle.path.name}, member {member!r}: onnxruntime failed during "
+                              f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+                ro.terminate = False  # the timer may have fired just as the run finished
 
     def _describe_io(self) -> None:
         inputs = self._sess.get_inputs()
@@ -183,7 +221,8 @@ class OnnxRuntimeBackend(Backend):
         unknown = [n for n, dims, _ in self._outputs_meta if any(not isinstance(d, int) for d in dims[1:])]
         if unknown:
             # Output shape has symbolic non-batch dims: one discovery run at batch 1 gives them.
-            probe = self._sess.run(unknown, {n: a[:1] for n, a in self._inputs.items()})
+            probe = self._bounded("the output-shape probe", self._sess.run, unknown,
+                                  {n: a[:1] for n, a in self._inputs.items()}, _run_options())
             shapes.update({n: p.shape[1:] for n, p in zip(unknown, probe)})
         self._outputs = {}
         for name, dims, dtype in self._outputs_meta:
@@ -207,7 +246,7 @@ class OnnxRuntimeBackend(Backend):
         for n in sorted({1, self.max_batch}):
             binding = self._binding(n)
             for _ in range(2):
-                self._run(binding, self._run_options)
+                self._bounded(f"the load-time warm-up at batch {n}", self._run, binding, self._run_options)
 
     def deactivate_impl(self) -> None:
         self._bindings.clear()
