@@ -76,6 +76,8 @@ def _bundle(task: str, quant_dir: Path, out: Path, *, force: bool, say: Say) -> 
     from engine.bundle import build_bundle, open_bundle
 
     report_sha = _sha(quant_dir / "accuracy_report.json")
+    if (quant_dir / "trust.json").is_file():  # the trust signals travel in the bundle too (docs/trust.md)
+        report_sha += ":" + _sha(quant_dir / "trust.json")
     stamp = out.with_suffix(".source.json")
     if out.is_file() and stamp.is_file() and not force:
         if json.loads(stamp.read_text()).get("accuracy_report_sha256") == report_sha:
@@ -96,18 +98,23 @@ def _run_real(task: str, bundle: Path, *, say: Say) -> dict[str, Any]:
 
     import engine
     from engine import dicom
+    from tools.demo_trust import result_trust
 
     name, description = REAL_INPUTS[task]
     path = _test_file(name)
     out: dict[str, Any] = {"file": name, "description": description}
-    with engine.load(bundle) as session:
+    # eligibility="flag": run even a file outside the bundle's intended inputs, and report why it would
+    # be refused under the default policy (the reasons IneligibleInput names) and what the OOD score says.
+    with engine.load(bundle, eligibility="flag") as session:
         out["backend"] = session.info.get("backend")
         out["variant"] = session.info.get("variant") or session.info.get("precision")
         src = dicom.read(path)
         if isinstance(src, dicom.FrameSequence):
             totals, areas = [], []
+            flagged = []
             for r in session.stream(src, drop_stale=False):
                 totals.append(r.timings_ms["total"])
+                flagged.append(result_trust(r))
                 if r.areas_mm2 is not None:
                     areas.append(r.areas_mm2)
             out["frames"] = len(totals)
@@ -117,8 +124,10 @@ def _run_real(task: str, bundle: Path, *, say: Say) -> dict[str, Any]:
             out["spacing_source"] = src[0].spacing_source
             if areas:
                 out["mean_area_mm2"] = {k: float(np.mean([a[k] for a in areas])) for k in areas[0]}
+            out["trust"] = {**flagged[0], "flagged_frames": sum(f["flagged"] for f in flagged)}
         else:
             r = session.run(src)
+            out["trust"] = result_trust(r)
             out["latency_ms"] = dict(r.timings_ms)
             out["pixel_spacing_mm"] = list(r.pixel_spacing_mm) if r.pixel_spacing_mm else None
             out["spacing_source"] = src.spacing_source
@@ -129,7 +138,10 @@ def _run_real(task: str, bundle: Path, *, say: Say) -> dict[str, Any]:
                 out["mask_shape"] = list(r.mask.shape)
                 out["pixel_counts"] = dict(r.pixel_counts or {})
                 out["areas_mm2"] = dict(r.areas_mm2) if r.areas_mm2 is not None else None
-    say(f"{task}: ran {name} on {out['backend']} ({out['variant']})")
+    elig = out["trust"]["eligibility"]
+    out["refused_by_default"] = "; ".join(elig) if elig else None
+    say(f"{task}: ran {name} on {out['backend']} ({out['variant']})" + (
+        f", FLAGGED: {'; '.join(out['trust']['flags'])}" if out["trust"]["flagged"] else ", not flagged"))
     return out
 
 
@@ -168,6 +180,16 @@ def run_demo(out_dir: str | Path, *, fast: bool = False, force: bool = False, be
                 out / "quantized" / task / "accuracy_report.json"), "summary": _accuracy_summary(rep)}
 
     step("quantize", quantize_all)
+
+    # 3b. trust signals: OOD score, calibration, intended inputs (docs/trust.md)
+    def trust_all() -> None:
+        from tools import demo_trust
+
+        for task in TASKS:
+            tr, status = demo_trust.fit(task, out / "quantized" / task, fast=fast, force=force, say=say)
+            report["tasks"][task]["trust"] = {"status": status, "summary": demo_trust.summary(tr)}
+
+    step("trust", trust_all)
 
     # 4. bundles
     def bundle_all() -> None:
@@ -253,6 +275,10 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append("Latency of that run (ms): " + ", ".join(
                     f"{k} {v:.3f}" for k, v in r["latency_ms"].items() if v is not None))
             lines.append("")
+        if t.get("trust"):
+            from tools.demo_trust import markdown as trust_markdown
+
+            lines += trust_markdown(t["trust"]["summary"], r)
     b = report.get("benchmark") or {}
     if b.get("markdown"):
         lines += ["## Latency against the baselines", "", b["markdown"], ""]
@@ -302,6 +328,12 @@ def _print_summary(console, report: dict[str, Any], out: Path) -> None:
                 f", {r['latency_ms']['total']:.1f} ms"
         else:
             res = "-"
+        tr = r.get("trust") or {}
+        if tr.get("flagged"):
+            ood = tr.get("ood") or {}
+            res += "; FLAGGED: " + ", ".join(
+                (["ineligible"] if tr.get("eligibility") else []) +
+                ([f"out of distribution ({ood.get('statistic')})"] if ood.get("flag") else []))
         table.add_row(task, t["honest_label"], str(r.get("variant")), r.get("file", "-"), res)
     console.print(table)
     b = report.get("benchmark") or {}

@@ -187,6 +187,8 @@ class SessionConfig:
             self.meta["session_info"] = {
                 k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), list))
             }
+            if isinstance(info.get("trust"), dict):
+                self.meta["session_info"]["trust"] = dict(info["trust"])
 
     def step(self) -> dict[str, int]:
         if self.batch == 1:
@@ -195,6 +197,9 @@ class SessionConfig:
             # run_batch: every Result of a batch carries the whole batch's stage times.
             r = self.session.run_batch([self._inputs.next() for _ in range(self.batch)])[0]
         self.last_result = r
+        if getattr(r, "flagged", False):  # trust flags (docs/trust.md) go into the report with the timings
+            self.meta["flagged_results"] = self.meta.get("flagged_results", 0) + 1
+            self.meta["flags"] = r.flags
         # The session's own "total" is dropped: the runner's wall clock around run() is the total, and
         # "other" then shows what Session.run costs beyond its stages.
         return {k: round(v * 1e6) for k, v in r.timings_ms.items() if k != "total" and v is not None}

@@ -329,6 +329,11 @@ def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str =
             lines.append(
                 f"| {c.name} | {s_name} | " + " | ".join(fmt_ms(st[k]) for k in _COLS) + f" | {jit_txt} |"
             )
+    flagged = {c.name: c.meta for c in run.configurations if c.meta.get("flagged_results")}
+    if flagged:  # results the trust checks flagged (docs/trust.md): timed like any other, never hidden
+        lines += ["", "Flagged results (trust checks): " + "; ".join(
+            f"{k}: {m['flagged_results']} of the timed and warm-up calls ({'; '.join(m.get('flags') or [])})"
+            for k, m in flagged.items()) + "."]
     idle = {c.name: _idle_stages(c) for c in run.configurations if _idle_stages(c)}
     if idle:
         lines += [

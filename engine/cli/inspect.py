@@ -1,4 +1,4 @@
-"""`slicert inspect BUNDLE`: verify a bundle and show its manifest, variants, engines, accuracy, provenance."""
+"""`slicert inspect BUNDLE`: verify a bundle and show its manifest, variants, engines, accuracy, trust, provenance."""
 from __future__ import annotations
 
 import json
@@ -125,6 +125,9 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
             console.print(_fmt(f"  note: {note}"))
     else:
         console.print("accuracy: no report in this bundle")
+    from engine.cli.inspect_trust import render_trust
+
+    render_trust(console, m, _fmt)  # eligibility, OOD false alarms / detection, ECE (issue 17)
 
     t = Table(title="provenance", show_header=False)
     t.add_column("field", style="bold")
