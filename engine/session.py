@@ -232,8 +232,6 @@ class Session:
             "labels": list(self.labels), "max_batch": backend.max_batch, "voi_policy": self.voi_policy,
             "schema_version": bundle.manifest["schema_version"],
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
-            "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
-            "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
         }
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
         if self.task == "segmentation":
@@ -763,12 +761,6 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     version-compatible engine (needed when that version differs from this one: SliceRT builds such
     plans with EXCLUDE_LEAN_RUNTIME so devices can ship the small lean runtime).
     min_side: smallest image side in pixels `run` accepts (InputError below it; default 16).
-    trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
-    (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
-    a verified signature lets TensorRT run a version-compatible plan's embedded host code.
-    trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
-    (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
-    a verified signature lets TensorRT run a version-compatible plan's embedded host code.
     trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
     (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
     a verified signature lets TensorRT run a version-compatible plan's embedded host code.
