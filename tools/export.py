@@ -153,13 +153,30 @@ def export_model(model, out_dir: str | Path, *, name: str, task: str, labels: tu
     """Write out_dir/model.onnx + out_dir/model.json; returns the sidecar dict.
 
     `check_inputs`: held-out model inputs (from engine.preprocess) for the equivalence check."""
-    import torch
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         from engine.errors import OutputExists
 
         raise OutputExists(f"refusing to overwrite existing export {out_dir}; pass --force / force=True")
+    data, sidecar = build_export(model, name=name, task=task, labels=labels, spec=spec, voi_policy=voi_policy,
+                                 dataset_card=dataset_card, metrics=metrics, check_inputs=check_inputs, extra=extra)
+    stage = staging_dir(out_dir)
+    try:
+        write_bytes_atomic(stage / "model.onnx", data)
+        write_json_atomic(stage / "model.json", sidecar)
+        publish_dir(stage, out_dir, force=force)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return sidecar
+
+
+def build_export(model, *, name: str, task: str, labels: tuple[str, ...], spec, voi_policy: str,
+                 dataset_card: dict, metrics: dict, check_inputs: np.ndarray,
+                 extra: dict | None = None) -> tuple[bytes, dict]:
+    """(model.onnx bytes, model.json dict) after every check of the module docstring; writes nothing."""
+    import torch
+
     shape = (spec.out_channels, spec.out_height, spec.out_width)
     if tuple(check_inputs.shape[1:]) != shape:
         raise InputError(f"check inputs have shape {check_inputs.shape[1:]}, the spec says {shape}")
@@ -193,15 +210,7 @@ def export_model(model, out_dir: str | Path, *, name: str, task: str, labels: tu
         "source_sha256": dataset_card.get("source_sha256", {}),
         **(extra or {}),
     }
-    stage = staging_dir(out_dir)
-    try:
-        write_bytes_atomic(stage / "model.onnx", data)
-        write_json_atomic(stage / "model.json", sidecar)
-        publish_dir(stage, out_dir, force=force)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return sidecar
+    return data, sidecar
 
 
 def load_sidecar(export_dir: str | Path) -> dict:

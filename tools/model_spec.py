@@ -131,7 +131,9 @@ def from_dict(data: Any, where: str = "spec") -> ModelSpec:
     policy = voi.get("policy", "model" if "center" in voi else "dicom")
     if policy not in ("dicom", "model"):
         raise SpecError(f"{where}: voi.policy must be 'dicom' or 'model', got {policy!r}")
-    if policy == "model":
+    if policy == "model" and isinstance(pre, dict) and "window_center" in pre and "center" not in voi:
+        pass  # a complete preprocess block (what to_dict writes) carries the window itself
+    elif policy == "model":
         if "center" not in voi or "width" not in voi:
             raise SpecError(f"{where}: voi.policy 'model' needs voi.center and voi.width (modality units, HU for CT)")
         fields.update(voi_function=voi.get("function", "linear"), window_center=_num(voi["center"], where, "voi.center"),
