@@ -14,6 +14,16 @@ class InputError(SliceRTError, ValueError):
     """An array, spec or argument is invalid (shape, dtype, strides, NaN, range...)."""
 
 
+class IneligibleInput(InputError):
+    """A DICOM is outside the inputs the bundle states it is intended for (modality, photometric
+    interpretation, body part, view, pixel spacing, bit depth); `reasons` lists each mismatch. Raised
+    under engine.load(..., eligibility="refuse"), the default."""
+
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.reasons = tuple(reasons)
+
+
 class DicomError(SliceRTError, ValueError):
     """A DICOM file cannot be read or would decode to a wrong image; the message names file and attribute."""
 
@@ -71,7 +81,7 @@ class CudaError(SliceRTError, RuntimeError):
 
 
 __all__ = [
-    "SliceRTError", "InputError", "DicomError", "UnsupportedTransferSyntax", "PixelLimitExceeded",
+    "SliceRTError", "InputError", "IneligibleInput", "DicomError", "UnsupportedTransferSyntax", "PixelLimitExceeded",
     "BundleError", "SignatureError", "EngineMismatch", "BackendUnavailable", "SessionClosed", "AccuracyGateError",
     "OutputExists", "CudaError", "SharedMemoryError",
 ]

@@ -63,13 +63,16 @@ class Result:
         "areas_mm2",
         "batch_size",
         "dropped_frames",
+        "eligibility",
         "frame_index",
         "identity",
         "label",
         "labels",
         "mask",
+        "ood",
         "pixel_counts",
         "pixel_spacing_mm",
+        "saliency",
         "scores",
         "task",
         "timings_ms",
@@ -90,6 +93,11 @@ class Result:
         self.dropped_frames = 0
         self.batch_size = 1
         self._scratch: dict[str, np.ndarray] | None = None
+        # Trust (engine.trust, docs/trust.md): eligibility reasons (() = eligible, None = not checked),
+        # the OOD score (engine.trust.ood.OODScore or None), the saliency map (saliency=True).
+        self.eligibility: tuple[str, ...] | None = None
+        self.ood = None
+        self.saliency: np.ndarray | None = None
         self.identity = None  # engine.dicomout.identity.ModelIdentity of the session that filled it
 
     def __repr__(self) -> str:
@@ -99,6 +107,19 @@ class Result:
         areas = None if self.areas_mm2 is None else {k: round(v, 2) for k, v in self.areas_mm2.items()}
         return (f"Result(mask={None if self.mask is None else self.mask.shape}, areas_mm2={areas}, "
                 f"pixel_spacing_mm={self.pixel_spacing_mm}, total={t:.3f} ms)")
+
+    @property
+    def flagged(self) -> bool:
+        """True when the input is outside the bundle's intended inputs or its OOD score is above threshold."""
+        return bool(self.eligibility) or (self.ood is not None and self.ood.flag)
+
+    @property
+    def flags(self) -> list[str]:
+        """Why this result is flagged, one sentence each (empty when it is not)."""
+        out = [f"ineligible: {r}" for r in self.eligibility or ()]
+        if self.ood is not None and self.ood.flag:
+            out.append(f"out of distribution: {self.ood.reason}")
+        return out
 
     def to_dicom_seg(self, source, **options):
         """This segmentation result as a DICOM SEG (pydicom Dataset) referencing `source`, the DICOM it was
@@ -198,8 +219,9 @@ class Session:
     """A loaded bundle, ready to run. Create with `engine.load(path, ...)`."""
 
     def __init__(self, bundle: Bundle, backend, *, why: str, variant: str, max_concurrency: int | None = None,
-                 min_side: int = 16):
+                 min_side: int = 16, eligibility: str = "refuse", ood: bool = True):
         from engine.postprocess import class_scores_into
+        from engine.trust.guard import TrustGuard
 
         self.bundle = bundle
         self.min_side = min_side
@@ -214,6 +236,8 @@ class Session:
         self._post: str = out["postprocess"]
         self._num_classes = len(self.labels)
         self._backend = backend
+        self._trust = TrustGuard(bundle, variant, backend, eligibility=eligibility, ood=ood)
+        self._temperature = self._trust.temperature
         # Idle buffer sets. A Condition, not queue.SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
         # can block forever when another thread takes the item between its wake-up and its re-check
         # (the recomputed timeout goes negative = infinite); a close() must always wake waiters.
@@ -232,6 +256,7 @@ class Session:
             "labels": list(self.labels), "max_batch": backend.max_batch, "voi_policy": self.voi_policy,
             "schema_version": bundle.manifest["schema_version"],
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
+            "trust": self._trust.info(),
         }
         self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
         if self.task == "segmentation":
@@ -349,10 +374,10 @@ class Session:
                 raise InputError(f"input of shape {x.shape} looks like RGB, but the bundle's spec takes grey (H, W) "
                                  f"pixels; pass spec=session.spec.replace(in_channels=3) to convert RGB to grey "
                                  f"(BT.601 luma), or frame=<index> if these are 3 grey frames")
-            return x, s, frame, pixel_spacing_mm, 0, frame
+            return x, s, frame, pixel_spacing_mm, 0, frame, None
         if hasattr(x, "spec_for") and hasattr(x, "pixels"):  # engine.dicom.Slice
             return (x.pixels, self._slice_spec(x, spec), None,
-                    pixel_spacing_mm or x.pixel_spacing_mm, 0, x.frame_index)
+                    pixel_spacing_mm or x.pixel_spacing_mm, 0, x.frame_index, x)
         if hasattr(x, "spec_for") and hasattr(x, "__len__"):  # engine.dicom.FrameSequence
             if len(x) != 1:
                 raise InputError(f"{x!r} holds {len(x)} frames: use session.stream(...) for cine, "
@@ -360,12 +385,12 @@ class Session:
             t0 = _perf_ns()
             first = x[0]
             return (first.pixels, self._slice_spec(first, spec), None, pixel_spacing_mm or first.pixel_spacing_mm,
-                    _perf_ns() - t0, 0)
+                    _perf_ns() - t0, 0, first)
         if _is_device_array(x):
             if getattr(self._backend, "accepts_device_arrays", False):
                 # Already on the GPU: the CUDA preprocessing kernel reads it in place (no host copy); `frame`
                 # picks a frame of an (F, H, W) device array there.
-                return x, self.spec if spec is None else self._check_spec(spec), frame, pixel_spacing_mm, 0, frame
+                return x, self.spec if spec is None else self._check_spec(spec), frame, pixel_spacing_mm, 0, frame, None
             raise InputError(f"a GPU array ({type(x).__name__}) was given but this session runs on "
                              f"{self.info['backend']} (CPU): copy it to host memory first, or load the bundle "
                              f"with backend='tensorrt' on a GPU machine")
@@ -383,7 +408,7 @@ class Session:
                 img = img[0]
             decode_ns = _perf_ns() - t0
             return (img.pixels, self._slice_spec(img, spec), None, pixel_spacing_mm or img.pixel_spacing_mm,
-                    decode_ns, img.frame_index)
+                    decode_ns, img.frame_index, img)
         raise InputError(f"cannot run on a {type(x).__name__}: give a numpy array of raw pixels, a DICOM path/"
                          f"bytes/pydicom Dataset, an engine.dicom.Slice, or a device array (TensorRT backend)")
 
@@ -409,7 +434,7 @@ class Session:
         scores = r.scores
         if scores is None:
             scores = r.scores = np.empty(self._num_classes, np.float32)
-        best = self._class_scores(scores, raw, self._post)
+        best = self._class_scores(scores, raw, self._post, self._temperature)
         if best < 0:
             raise self._non_finite_error()
         r.label = self.labels[best]
@@ -465,26 +490,27 @@ class Session:
 
     # -- public API -------------------------------------------------------------------------------
     def run(self, x, *, spec: PreprocessSpec | None = None, frame: int | None = None,
-            pixel_spacing_mm: tuple[float, float] | None = None) -> Result:
+            pixel_spacing_mm: tuple[float, float] | None = None, saliency: bool = False) -> Result:
         """Run one slice. `x`: raw pixel array (the bundle's spec, or `spec` with the same model fields),
         DICOM path/bytes/pydicom Dataset, engine.dicom.Slice, or a device array (TensorRT).
         `frame` picks a frame of an (F, H, W) array; `pixel_spacing_mm` (row, col) gives raw arrays areas."""
-        return self._run(x, None, spec, frame, pixel_spacing_mm)
+        return self._run(x, None, spec, frame, pixel_spacing_mm, saliency)
 
     def run_into(self, result: Result, x, *, spec: PreprocessSpec | None = None, frame: int | None = None,
-                 pixel_spacing_mm: tuple[float, float] | None = None) -> Result:
+                 pixel_spacing_mm: tuple[float, float] | None = None, saliency: bool = False) -> Result:
         """`run` writing into a Result from `new_result()`: classification allocates no array."""
         if not isinstance(result, Result) or result.task != self.task:
             raise InputError("result must come from this session's new_result()")
-        return self._run(x, result, spec, frame, pixel_spacing_mm)
+        return self._run(x, result, spec, frame, pixel_spacing_mm, saliency)
 
-    def _run(self, x, result, spec, frame, spacing) -> Result:
+    def _run(self, x, result, spec, frame, spacing, saliency=False) -> Result:
         t0 = _perf_ns()
         if self._closed:
             raise self._closed_error()
         backend = self._acquire()
         try:
-            pixels, spec_used, frame, spacing, decode_ns, frame_index = self._resolve(x, spec, frame, spacing)
+            pixels, spec_used, frame, spacing, decode_ns, frame_index, header = self._resolve(x, spec, frame, spacing)
+            reasons = self._trust.check(header)  # IneligibleInput here, before any inference, under "refuse"
             t1 = _perf_ns()
             backend.stage(pixels, spec_used, 0, frame=frame)  # validates dtype, shape, strides, values
             t2 = _perf_ns()
@@ -496,6 +522,9 @@ class Session:
             stage_ms = backend.stage_ms  # read before release: another thread may reuse this buffer set
             r = result if result is not None else Result(self.task, self.labels)
             self._postprocess(outs[self._out_name][0], r, src_hw, spec_used, spacing)
+            if self._trust.enabled or saliency:
+                self._trust.annotate(r, backend, outs, 0, outs[self._out_name][0], reasons, src_hw, spec_used,
+                                     saliency)
             t4 = _perf_ns()
         finally:
             self._release(backend)
@@ -512,7 +541,7 @@ class Session:
         return r
 
     def run_batch(self, items: Iterable, *, spec: PreprocessSpec | None = None,
-                  pixel_spacing_mm: tuple[float, float] | None = None) -> list[Result]:
+                  pixel_spacing_mm: tuple[float, float] | None = None, saliency: bool = False) -> list[Result]:
         """Run many slices (a CT series), `max_batch` per inference call. Stage timings of each Result
         are those of the whole batch it ran in (`Result.batch_size`)."""
         if self._closed:
@@ -526,8 +555,9 @@ class Session:
                 chunk = items[start:start + n_max]
                 t0 = _perf_ns()
                 resolved = [self._resolve(x, spec, None, pixel_spacing_mm) for x in chunk]
+                reasons = [self._trust.check(item[6]) for item in resolved]  # refuse before any inference
                 t1 = _perf_ns()
-                for i, (pixels, s, frame, _sp, _d, _fi) in enumerate(resolved):
+                for i, (pixels, s, frame, _sp, _d, _fi, _h) in enumerate(resolved):
                     backend.stage(pixels, s, i, frame=frame)
                     hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
                     if hw[0] < self.min_side or hw[1] < self.min_side:
@@ -536,10 +566,13 @@ class Session:
                 outs = backend.infer(len(chunk))
                 t3 = _perf_ns()
                 batch = []
-                for i, (pixels, s, _f, sp, decode_ns, fi) in enumerate(resolved):
+                for i, (pixels, s, _f, sp, decode_ns, fi, _h) in enumerate(resolved):
                     r = Result(self.task, self.labels)
                     src_hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
                     self._postprocess(outs[self._out_name][i], r, src_hw, s, sp)
+                    if self._trust.enabled or saliency:
+                        self._trust.annotate(r, backend, outs, i, outs[self._out_name][i], reasons[i], src_hw, s,
+                                             saliency)
                     r.frame_index, r.batch_size = fi, len(chunk)
                     batch.append(r)
                 t4 = _perf_ns()
@@ -556,7 +589,7 @@ class Session:
         return results
 
     def stream(self, frames, *, drop_stale: bool = True, spec: PreprocessSpec | None = None,
-               pixel_spacing_mm: tuple[float, float] | None = None) -> Iterator[Result]:
+               pixel_spacing_mm: tuple[float, float] | None = None, saliency: bool = False) -> Iterator[Result]:
         """Results for a cine loop or live source, decoded in a background thread.
 
         `frames`: a multi-frame DICOM (path/bytes/Dataset/FrameSequence), an (F, H, W) array, or any
@@ -576,7 +609,7 @@ class Session:
                 if item is None:
                     break
                 x, frame, decode_ns, dropped = item
-                r = self._run(x, None, spec, frame, pixel_spacing_mm)
+                r = self._run(x, None, spec, frame, pixel_spacing_mm, saliency)
                 r.timings_ms["decode"] = decode_ns * 1e-6
                 r.dropped_frames = dropped
                 if r.frame_index is None:
@@ -743,7 +776,7 @@ def _check_batch_bytes(bundle: Bundle, max_batch: int) -> None:
 def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, threads: int | None = None,
          max_batch: int = 1, precision: str = "best", *, rebuild: bool = False,
          use_optimized: bool = True, cuda_graph: bool = True, lean_runtime: str | None = None,
-         min_side: int = 16, trusted_keys=None) -> Session:
+         min_side: int = 16, trusted_keys=None, eligibility: str = "refuse", ood: bool = True) -> Session:
     """Open and verify a `.slicert` bundle and return a ready Session.
 
     backend: "auto" (TensorRT when a GPU and TensorRT are present and the bundle can run there, else
@@ -764,9 +797,21 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     trusted_keys: Ed25519 public keys (PEM paths or bytes): the bundle must be signed by one of them
     (SignatureError otherwise); `info["signature"]` records the signer and whether it verified. Only
     a verified signature lets TensorRT run a version-compatible plan's embedded host code.
+    eligibility: what `run` does with a DICOM outside the bundle's intended inputs (trust.eligibility:
+    modality, photometric interpretation, body part, view, pixel spacing, bit depth): "refuse" (default:
+    IneligibleInput naming each mismatch, before inference), "flag" (run it; `Result.eligibility` lists
+    the reasons and `Result.flagged` is True) or "off". Raw arrays carry no header and are not checked.
+    ood: compute `Result.ood` (out-of-distribution score, threshold, flag, reason) on every result when
+    the bundle has a fitted OOD model (default True). See docs/trust.md.
     """
     if not isinstance(min_side, int) or isinstance(min_side, bool) or min_side < 1:
         raise InputError(f"min_side must be an integer >= 1 (pixels), got {min_side!r}")
+    from engine.trust.eligibility import POLICIES
+
+    if not isinstance(eligibility, str) or eligibility not in POLICIES:
+        raise InputError(f"eligibility must be one of {POLICIES}, got {eligibility!r}")
+    if not isinstance(ood, bool):
+        raise InputError(f"ood must be True or False, got {ood!r}")
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_BATCH:
         raise InputError(f"max_batch must be an integer in [1, {MAX_BATCH}], got {max_batch!r}")
     if not isinstance(device, int) or isinstance(device, bool) or device < 0:
@@ -795,7 +840,7 @@ def load(path: str | os.PathLike[str], backend: str = "auto", device: int = 0, t
     except BaseException:
         bundle.close()
         raise
-    return Session(bundle, b, why=why, variant=variant, min_side=min_side)
+    return Session(bundle, b, why=why, variant=variant, min_side=min_side, eligibility=eligibility, ood=ood)
 
 
 __all__ = ["Result", "Session", "load"]

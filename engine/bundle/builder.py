@@ -237,16 +237,20 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     members: dict[str, Any] = {}
     variant_entries: dict[str, dict[str, Any]] = {}
     from engine.envinfo import cpu_flags
+    from engine.trust.build import prepare_trust
+
+    trust = prepare_trust(src, variants)  # trust.json of tools/trust_fit.py: OOD, calibration, eligibility
 
     for v in variants:
         onnx_bytes = src.onnx[v].read_bytes()
         entry: dict[str, Any] = {"onnx": fmt.onnx_member(v), "source_file": src.onnx[v].name,
                                  "source_sha256": sha256_bytes(onnx_bytes), "opset": signatures[v]["opset"],
                                  "accuracy_gate": gates[v]}
+        onnx_bytes = trust.extend(v, onnx_bytes, entry)  # + features/CAM outputs when trust.json has them
         members[fmt.onnx_member(v)] = onnx_bytes
         cpu_bytes, cpu_name = onnx_bytes, src.onnx[v].name
         if v in src.onnx_cpu:
-            cpu_bytes, cpu_name = src.onnx_cpu[v].read_bytes(), src.onnx_cpu[v].name
+            cpu_bytes, cpu_name = trust.extend(v, src.onnx_cpu[v].read_bytes(), entry), src.onnx_cpu[v].name
             members[fmt.onnx_cpu_member(v)] = cpu_bytes
             entry["onnx_cpu"] = fmt.onnx_cpu_member(v)
             entry["onnx_cpu_source_file"] = cpu_name
@@ -311,6 +315,7 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
         "engines": engines,
         "engines_not_built": engines_not_built,
         "accuracy": src.accuracy_report,
+        "trust": trust.section,
         "provenance": {
             "slicert": slicert_version, "onnx": _dist_version("onnx"), "onnxruntime": _dist_version("onnxruntime"),
             "tensorrt": tensorrt_version(), "python": platform.python_version(), "platform": platform.platform(),

@@ -244,6 +244,10 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         _optional(eng, "max_batch", int, where)
     _optional(manifest, "engines_not_built", str, "")
     _optional(manifest, "accuracy", dict, "")
+    if _optional(manifest, "trust", dict, "") is not None:  # eligibility, OOD, calibration (engine/trust)
+        from engine.trust.section import parse_trust
+
+        parse_trust(manifest["trust"], variants)
     _optional(manifest, "excluded_variants", dict, "")
     _optional(manifest, "created_utc", str, "")
     _need(manifest, "provenance", dict, "")
