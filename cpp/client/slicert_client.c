@@ -413,6 +413,20 @@ static int find_slot(const slicert_client *c, uint64_t id) {
   return -1;
 }
 
+/* Cine: once frame `seq` is collected, finished older frames are stale; collect them silently, counting
+ * the ones the worker skipped. */
+static void supersede_older(slicert_client *c, uint64_t seq) {
+  for (uint32_t i = 0; i < c->slots; ++i) {
+    if (c->collected[i] || c->seq[i] >= seq) continue;
+    uint8_t *s = slot_ptr(c, i);
+    if (ld64(s + SLRT_S_DONE_SEQ) != c->seq[i]) continue;
+    int32_t wstatus;
+    memcpy(&wstatus, s + SLRT_S_STATUS, 4);
+    if (wstatus == SLICERT_E_DROPPED) c->stats.dropped_superseded++;
+    c->collected[i] = 1;
+  }
+}
+
 /* Copies slot i's result (done_seq already seen == seq[i]) into r; bounds every count it reads. */
 static slicert_status read_result(slicert_client *c, uint32_t i, slicert_result *r) {
   uint8_t *s = slot_ptr(c, i);
@@ -469,6 +483,7 @@ static slicert_status read_result(slicert_client *c, uint32_t i, slicert_result 
   r->queue_ms = taken > submit ? (double)(taken - submit) * 1e-6 : 0.0;
   r->round_trip_ms = t_seen > submit ? (double)(t_seen - submit) * 1e-6 : 0.0;
   c->collected[i] = 1;
+  if (c->mode == SLICERT_MODE_CINE) supersede_older(c, r->frame_id);
   if (st == SLICERT_OK) return ok();
   return fail(st, "frame %llu: %s", (unsigned long long)r->frame_id, r->message[0] ? r->message : slicert_status_name(st));
 }
@@ -520,11 +535,7 @@ slicert_status slicert_latest(slicert_client *c, slicert_result *r) {
         (best < 0 || c->seq[i] > c->seq[best]))
       best = (int)i;
   if (best < 0) return fail(SLICERT_E_PENDING, "no new result on lane %u", c->lane);
-  for (uint32_t i = 0; i < c->slots; ++i) /* older finished results are superseded */
-    if ((int)i != best && !c->collected[i] && c->seq[i] < c->seq[best] &&
-        ld64(slot_ptr(c, i) + SLRT_S_DONE_SEQ) == c->seq[i])
-      c->collected[i] = 1;
-  return read_result(c, (uint32_t)best, r);
+  return read_result(c, (uint32_t)best, r); /* collects the older finished ones too (cine) */
 }
 
 slicert_status slicert_run(slicert_client *c, const slicert_frame *f, uint32_t timeout_ms, slicert_result *r) {
