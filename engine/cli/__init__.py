@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "engine.cli.bench",
     "engine.cli.build",
     "engine.cli.inspect",
+    "engine.cli.serve_dicom",
     "engine.cli.worker",
     "engine.cli.serve_dicom",
     "engine.cli.worker",

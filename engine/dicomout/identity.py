@@ -88,6 +88,17 @@ class ModelIdentity:
         return [f"bundle_sha256={self.bundle_sha256}", f"precision={self.variant}", f"backend={self.backend}"]
 
 
+def derived_uid(seed: str | None, *parts) -> str:
+    """A new random UID, or (seed given) a UID derived from seed and parts: the same source, model and
+    object always get the same UID, so storing a result twice (a resend, a restart) overwrites or is
+    ignored by the archive instead of duplicating it."""
+    from pydicom.uid import generate_uid
+
+    if seed is None:
+        return generate_uid()
+    return generate_uid(entropy_srcs=[seed, *(str(p) for p in parts)])
+
+
 def identity_of(result) -> ModelIdentity:
     ident = getattr(result, "identity", None)
     if ident is None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from engine.dicom.capture import pydicom_warnings
 from engine.dicomout import codes
-from engine.dicomout.identity import MANUFACTURER, ModelIdentity, identity_of
+from engine.dicomout.identity import MANUFACTURER, ModelIdentity, derived_uid, identity_of
 from engine.dicomout.source import has_frame_of_reference, number_of_frames, source_dataset
 from engine.errors import InputError
 
@@ -144,11 +144,12 @@ def _reference_frame(seg, source, frame_number: int) -> None:
 
 def build_segs(results: Sequence, source, *, series_instance_uid: str | None = None,
                series_number: int = SEG_SERIES_NUMBER, first_instance_number: int = 1,
-               series_description: str | None = None) -> list:
+               series_description: str | None = None, uid_seed: str | None = None) -> list:
     """DICOM SEG(s) (pydicom Datasets) for `results` of frames of one `source` image.
 
     Returns one SEG for a single-frame source or a source with a Frame of Reference, else one per
-    result (see the module docstring). All share `series_instance_uid` (new when None).
+    result (see the module docstring). All share `series_instance_uid` (new when None). `uid_seed`:
+    derive the SOP Instance UIDs from it (engine.dicomout.identity.derived_uid) instead of random ones.
     """
     import highdicom as hd
 
@@ -182,14 +183,16 @@ def build_segs(results: Sequence, source, *, series_instance_uid: str | None = N
         if has_frame_of_reference(ds):
             positions = _plane_positions(ds, frames) if n_frames > 1 else None
             out = [hd.seg.Segmentation(source_images=[ds], pixel_array=stack, segment_descriptions=descriptions,
-                                       sop_instance_uid=hd.UID(), instance_number=first_instance_number,
+                                       sop_instance_uid=derived_uid(uid_seed, "seg", frames[0]),
+                                       instance_number=first_instance_number,
                                        plane_positions=positions, **common)]
         else:
             out = []
             for k, frame in enumerate(frames):
                 seg = hd.seg.Segmentation(source_images=[_header_view(ds, n_frames > 1)],
                                           pixel_array=stack[k:k + 1], segment_descriptions=descriptions,
-                                          sop_instance_uid=hd.UID(), instance_number=first_instance_number + k,
+                                          sop_instance_uid=derived_uid(uid_seed, "seg", frame),
+                                          instance_number=first_instance_number + k,
                                           **common)
                 if n_frames > 1:
                     _reference_frame(seg, ds, frame + 1)

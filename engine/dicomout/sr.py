@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from engine.dicom.capture import pydicom_warnings
 from engine.dicomout import codes
-from engine.dicomout.identity import MANUFACTURER, ModelIdentity, identity_of
+from engine.dicomout.identity import MANUFACTURER, ModelIdentity, derived_uid, identity_of
 from engine.dicomout.seg import segment_classes
 from engine.dicomout.source import number_of_frames, source_dataset
 from engine.errors import InputError
@@ -79,9 +79,11 @@ def _source_image(ds, frame: int | None, kind):
 
 
 def build_sr(results: Sequence, source, *, segs: Sequence | None = None, series_instance_uid: str | None = None,
-             series_number: int = SR_SERIES_NUMBER, instance_number: int = 1, series_description: str | None = None):
+             series_number: int = SR_SERIES_NUMBER, instance_number: int = 1, series_description: str | None = None,
+             uid_seed: str | None = None):
     """One TID 1500 report (pydicom Dataset, Comprehensive SR) for `results` of frames of one `source`;
-    `segs` the SEG(s) built from the same results (build_segs), to reference their segments."""
+    `segs` the SEG(s) built from the same results (build_segs), to reference their segments. `uid_seed`:
+    derive the SOP Instance UID from it instead of a random one (engine.dicomout.identity.derived_uid)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as std
     from pydicom.uid import generate_uid
@@ -133,12 +135,12 @@ def build_sr(results: Sequence, source, *, segs: Sequence | None = None, series_
             model_name=f"{ident.name} {ident.variant}"[:64], serial_number=ident.bundle_sha256[:16]))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
                                      procedure_reported=std.SCT.ImagingProcedure, imaging_measurements=groups)
-    evidence = [ds, *(segs or ())]
+    evidence = [ds, *(_reference_only(x) for x in segs or ())]  # the source first: patient and study come from it
     notes: list[str] = []
     with pydicom_warnings(notes):
         sr = hd.sr.ComprehensiveSR(
             evidence=evidence, content=report, series_instance_uid=series_instance_uid or hd.UID(),
-            series_number=series_number, sop_instance_uid=hd.UID(), instance_number=instance_number,
+            series_number=series_number, sop_instance_uid=derived_uid(uid_seed, "sr"), instance_number=instance_number,
             manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
             series_description=(series_description or f"SliceRT SR {ident.name}")[:64],
             coding_schemes=[codes.scheme_item()])
@@ -158,6 +160,17 @@ def _frame_references_only(sr) -> None:
                     del ref.ReferencedSegmentNumber
             walk(item.get("ContentSequence"))
     walk(sr.get("ContentSequence"))
+
+
+def _reference_only(ds):
+    """What the SR's evidence lists need of an instance: highdicom walks (and copies) the evidence
+    datasets, so a multi-megabyte SEG would cost ~0.3 s to pass whole."""
+    from pydicom import Dataset
+
+    ref = Dataset()
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        setattr(ref, kw, ds.get(kw))
+    return ref
 
 
 def _image_group(r, ds, frame, ident: ModelIdentity, algo, where: str):

@@ -34,3 +34,19 @@ def validate(path: Path | str) -> list[str]:
 def save(ds, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def dcmtk(name: str) -> str:
+    """Path of dcmtk's `name` (storescu, echoscu): the compiled binary, not pynetdicom's Python script of
+    the same name that a virtual environment may put first on PATH."""
+    import os
+
+    for d in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        p = Path(d) / name
+        try:
+            with open(p, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return str(p)
+        except OSError:
+            continue
+    pytest.skip(f"dcmtk's {name} is not installed (apt-get install dcmtk)")
