@@ -203,8 +203,8 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     src = resolve_source(source, meta)
     signatures = {}
     for v, path in [*src.onnx.items(), *((f"{v} (CPU form)", p) for v, p in src.onnx_cpu.items())]:
+        _refuse_outside_data(path)  # before onnx.checker, which would look for the external file
         sig = _io_signature(path.read_bytes(), f"{path.name}")
-        _refuse_outside_data(path)
         _check_against_meta(sig, src, path.name)
         signatures[v] = sig
     ref = signatures.get("fp32") or next(iter(signatures.values()))

@@ -245,5 +245,7 @@ def register(app: typer.Typer) -> None:
                 cold_start_repeats=cold_start_repeats,
             )
         except SliceRTError as exc:
-            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            from engine.cli.safe_text import safe
+
+            typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         timing_cache: Path | None = typer.Option(None, "--timing-cache",
                                                     help="TensorRT timing cache file to load and update."),
         force: bool = typer.Option(False, "--force", help="Replace an existing bundle file."),
+        sign: Path | None = typer.Option(None, "--sign", help="Ed25519 private key (PEM, `slicert keygen`) that "
+                                                                 "signs the bundle's manifest."),
     ) -> None:
         """Compile a model into one self-describing, checksummed bundle (.slicert)."""
         from rich.console import Console
@@ -41,9 +43,12 @@ def register(app: typer.Typer) -> None:
                 report = build_bundle(source, out, precision=precision, target=target, meta=meta,
                                       hardware_compat=hardware_compat, version_compatible=version_compatible,
                                       dla_core=dla_core, max_batch=max_batch, force=force, workspace_mb=workspace_mb,
-                                      optimization_level=optimization_level, timing_cache=timing_cache)
+                                      optimization_level=optimization_level, timing_cache=timing_cache,
+                                      sign_key=sign)
         except SliceRTError as exc:
-            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            from engine.cli.safe_text import safe
+
+            typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None
         size_kib = report.path.stat().st_size / 1024
         console.print(f"[bold green]wrote[/] {escape(str(report.path))} ({size_kib:.1f} KiB)")
@@ -56,3 +61,26 @@ def register(app: typer.Typer) -> None:
             console.print(escape(f"  no TensorRT engine: {report.engines_not_built}"))
         for note in report.notes:
             console.print(escape(f"  note: {note}"))
+        if sign is not None:
+            from engine.bundle import open_bundle
+
+            with open_bundle(report.path) as b:
+                console.print(escape(f"  signed by key {b.signature.signer}"))
+
+    @app.command()
+    def keygen(
+        out: Path = typer.Argument(..., help="Private key file to write (PEM, mode 0600); the public key goes to "
+                                             "<name>.pub.pem next to it."),
+        force: bool = typer.Option(False, "--force", help="Replace existing key files."),
+    ) -> None:
+        """Make an Ed25519 key pair for `slicert build --sign` and `engine.load(..., trusted_keys=[...])`."""
+        from engine.bundle.signing import generate_keypair
+        from engine.errors import SliceRTError
+
+        try:
+            priv, pub, fp = generate_keypair(out, force=force)
+        except (SliceRTError, OSError) as exc:
+            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        typer.echo(f"private key {priv} (keep it secret)\npublic key  {pub} (give it to loaders as trusted_keys)\n"
+                   f"fingerprint {fp}")

@@ -9,16 +9,34 @@ import typer
 
 
 def _fmt(v: Any) -> str:
-    """Plain text for a table cell, escaped so '[gpu]' and the like are not read as rich markup."""
+    """Plain text for a table cell: terminal control characters shown as escapes (engine.cli.safe_text:
+    a manifest string must not set the window title or clear the screen), and rich markup escaped so
+    '[gpu]' and the like are not read as markup."""
     from rich.markup import escape
+
+    from engine.cli.safe_text import safe
 
     if v is None:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (dict, list)):
-        return escape(json.dumps(v, sort_keys=True))
-    return escape(str(v))
+        return escape(json.dumps(v, sort_keys=True))  # ensure_ascii: control characters become \uXXXX
+    return escape(safe(str(v)))
+
+
+def _num(v: Any, spec: str) -> str | None:
+    """format(v, spec) for a real number (not bool), else None: report fields may have any shape."""
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _signature_line(sig: Any) -> str:
+    if sig is None or not sig.signed:
+        return "[yellow]not signed[/] (integrity only: `slicert build --sign KEY` adds authenticity)"
+    if sig.verified:
+        return f"[bold green]signed[/] by trusted key {_fmt(sig.signer)}: signature verified"
+    return (f"signed by key {_fmt(sig.signer)}: signature valid, [yellow]signer not checked[/] (pass --trusted-key "
+            f"PUBLIC.pem to verify who signed)")
 
 
 def _accuracy_rows(acc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -29,37 +47,44 @@ def _accuracy_rows(acc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if not isinstance(entry, dict):
             continue
         metrics = []
-        for metric, m in (entry.get("metrics") or {}).items():
-            if isinstance(m, dict) and isinstance(m.get("value"), (int, float)):
+        entry_metrics = entry.get("metrics")
+        for metric, m in (entry_metrics.items() if isinstance(entry_metrics, dict) else ()):
+            if isinstance(m, dict) and _num(m.get("value"), ".4f") is not None:
                 ci = m.get("ci95")
-                ci_txt = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
-                metrics.append(f"{metric} {m['value']:.4f}{ci_txt}")
-            elif isinstance(m, (int, float)):
-                metrics.append(f"{metric} {m:.4f}")
+                lo, hi = (_num(ci[0], ".3f"), _num(ci[1], ".3f")) if isinstance(ci, list) and len(ci) == 2 else (None,
+                                                                                                               None)
+                ci_txt = f" [{lo}, {hi}]" if lo is not None and hi is not None else ""
+                metrics.append(f"{metric} {_num(m['value'], '.4f')}{ci_txt}")
+            elif _num(m, ".4f") is not None:
+                metrics.append(f"{metric} {_num(m, '.4f')}")
         passed = entry.get("passed")
         gate = ("pass" if passed else "FAIL" if passed is False else "-") + (
             " (loss accepted)" if entry.get("accepted_loss") else "")
         if entry.get("reason"):
             gate += f": {entry['reason']}"
-        agreement = ", ".join(f"{k} {v:.4f}" for k, v in (entry.get("agreement") or {}).items()
-                              if isinstance(v, (int, float)))
+        agree = entry.get("agreement")
+        agreement = ", ".join(f"{k} {_num(v, '.4f')}" for k, v in (agree.items() if isinstance(agree, dict) else ())
+                              if _num(v, ".4f") is not None)
         rows.append((_fmt(name), _fmt("; ".join(metrics) or "-"), _fmt(gate), _fmt(agreement or "-")))
     return rows
 
 
-def render(path: Path, console: Any = None) -> dict[str, Any]:
-    """Print the bundle's summary with rich; returns the manifest. Raises BundleError when it fails to verify."""
+def render(path: Path, console: Any = None, trusted_keys: Any = None) -> dict[str, Any]:
+    """Print the bundle's summary with rich; returns the manifest. Raises BundleError when it fails to verify
+    (SignatureError when `trusted_keys` are given and no trusted key signed it)."""
     from rich.console import Console
     from rich.table import Table
 
     from engine.bundle import open_bundle
 
     console = console or Console()
-    with open_bundle(path) as b:
+    with open_bundle(path, trusted_keys=trusted_keys) as b:
         m = b.manifest
+        sig = b.signature
         size = path.stat().st_size
     console.print(f"[bold]{_fmt(path)}[/]  ({size / 1024:.1f} KiB, schema {m['schema_version']}, every member's SHA-256 "
                   f"verified)")
+    console.print(f"  signature: {_signature_line(sig)}")
 
     t = Table(title="model", show_header=False)
     t.add_column("field", style="bold")
@@ -87,10 +112,11 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
         passed = gate.get("passed")
         gate_txt = ("pass" if passed else "FAIL" if passed is False else "not stated") + (
             f" ({gate['detail']})" if gate.get("detail") else "")
-        t.add_row(v, f"{e['onnx']} ({m['members'][e['onnx']]['size'] / 1024:.1f} KiB)",
-                  e.get("ort") or "-", _fmt(gate_txt), ", ".join(k for k, d in defaults.items() if d == v) or "-")
+        t.add_row(_fmt(v), _fmt(f"{e['onnx']} ({m['members'][e['onnx']]['size'] / 1024:.1f} KiB)"),
+                  _fmt(e.get("ort") or "-"), _fmt(gate_txt), _fmt(", ".join(k for k, d in defaults.items() if d == v)
+                                                                   or "-"))
     for v, why in (m.get("excluded_variants") or {}).items():
-        t.add_row(v, "[yellow]left out[/]", "-", _fmt(why), "-")
+        t.add_row(_fmt(v), "[yellow]left out[/]", "-", _fmt(why), "-")
     console.print(t)
 
     t = Table(title="TensorRT engines")
@@ -98,9 +124,10 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
         t.add_column(col, overflow="fold")
     for e in m["engines"]:
         cc = e.get("compute_capability") or []
-        t.add_row(e["plan"], e["variant"], _fmt(f"{e.get('device_name', '?')} sm_{''.join(map(str, cc))}"),
-                  e["trt_version"], f"{e.get('hardware_compat', 'none')}"
-                  + (", version-compatible (lean runtime excluded)" if e.get("version_compatible") else ""),
+        t.add_row(_fmt(e["plan"]), _fmt(e["variant"]), _fmt(f"{e.get('device_name', '?')} sm_{''.join(map(str, cc))}"),
+                  _fmt(e["trt_version"]), _fmt(f"{e.get('hardware_compat', 'none')}"
+                                               + (", version-compatible (lean runtime excluded)"
+                                                  if e.get("version_compatible") else "")),
                   _fmt(e.get("max_batch")))
     console.print(t)
     if not m["engines"]:
@@ -121,7 +148,8 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
         data = acc.get("data") if isinstance(acc.get("data"), dict) else {}
         if data.get("description") or "synthetic" in data:
             console.print(_fmt(f"  data: {data.get('description', '?')} (synthetic: {data.get('synthetic', '?')})"))
-        for note in acc.get("notes") or []:
+        notes = acc.get("notes")
+        for note in notes if isinstance(notes, list) else ([notes] if notes else []):
             console.print(_fmt(f"  note: {note}"))
     else:
         console.print("accuracy: no report in this bundle")
@@ -133,14 +161,14 @@ def render(path: Path, console: Any = None) -> dict[str, Any]:
     t.add_column("field", style="bold")
     t.add_column("value")
     for k, v in m["provenance"].items():
-        t.add_row(k, _fmt(v))
+        t.add_row(_fmt(k), _fmt(v))
     console.print(t)
 
     t = Table(title="members")
     for col in ("member", "bytes", "sha256"):
         t.add_column(col)
     for name, e in sorted(m["members"].items()):
-        t.add_row(name, str(e["size"]), e["sha256"][:16] + "...")
+        t.add_row(_fmt(name), str(e["size"]), e["sha256"][:16] + "...")
     console.print(t)
     return m
 
@@ -150,6 +178,8 @@ def register(app: typer.Typer) -> None:
     def inspect(
         bundle: Path = typer.Argument(..., help="A .slicert bundle."),
         as_json: bool = typer.Option(False, "--json", help="Print the verified manifest as JSON."),
+        trusted_key: list[Path] = typer.Option([], "--trusted-key",
+                                               help="Ed25519 public key (PEM); the bundle must be signed by one."),
     ) -> None:
         """Verify a bundle and print its manifest, variants, engines, accuracy and provenance."""
         from engine.errors import SliceRTError
@@ -158,10 +188,12 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 from engine.bundle import open_bundle
 
-                with open_bundle(bundle) as b:
-                    typer.echo(json.dumps(b.manifest, indent=2, sort_keys=True))
+                with open_bundle(bundle, trusted_keys=trusted_key or None) as b:
+                    typer.echo(json.dumps(b.manifest, indent=2, sort_keys=True))  # ensure_ascii: no raw controls
                 return
-            render(bundle)
+            render(bundle, trusted_keys=trusted_key or None)
         except SliceRTError as exc:
-            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            from engine.cli.safe_text import safe
+
+            typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None
