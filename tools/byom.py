@@ -6,7 +6,7 @@ same way, for a network and an archive no one here designed.
     result = byom.distill(teacher="teacher.onnx", spec="spec.json", data="dicom/", masks="masks/",
                           student="small", out="out")          # or labels="labels.csv"; teacher=nn.Module
     byom.quantize("out")                                       # calib split -> INT8 ranges, test split -> gate
-    bundle = byom.build("out")                                 # out/<name>.slicert
+    bundle, _ = byom.build("out")                              # out/model.slicert
     engine.load(bundle).run("dicom/CTBLOCK-03/slice_027.dcm")
 
 CLI: `slicert distill --teacher model.onnx --spec spec.json --data DIR --labels labels.csv --student small
@@ -19,7 +19,7 @@ Layout of OUT (every step cached: a step whose configuration key and weights sti
     model.onnx, model.json          the distilled student (FP32), model.json written from the spec
     report.{json,md}                teacher vs student vs student trained alone, held-out test split
     model.{fp16,int8,...}.onnx, accuracy_report.{json,md}   after quantize
-    <name>.slicert                  after build
+    model.slicert, model.source.json   after build (the stamp names the accuracy report it came from)
 """
 from __future__ import annotations
 
@@ -27,14 +27,21 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from engine.errors import InputError, OutputExists
-from tools.io import ensure_writable_dir, read_json, sha256_file, torch_save_atomic, write_json_atomic, \
-    write_text_atomic
+from tools.io import (
+    ensure_writable_dir,
+    read_json,
+    sha256_file,
+    torch_save_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 MARKER = ".slicert-byom"
 PROJECT = "project.json"
@@ -109,7 +116,7 @@ def evaluate(logits_test: np.ndarray, y_test: np.ndarray, logits_val: np.ndarray
 
     if len(labels) == 2:
         return metrics.classification_report(prob(logits_test)[:, 1], y_test, prob(logits_val)[:, 1], y_val)
-    return {"accuracy": float((logits_test.argmax(axis=1) == y_test).mean()), "n": int(len(y_test))}
+    return {"accuracy": float((logits_test.argmax(axis=1) == y_test).mean()), "n": len(y_test)}
 
 
 class _Run:
@@ -298,7 +305,6 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
     from tools import students
     from tools.dataset import open_folder, report_markdown
     from tools.teacher import load_teacher, state_sha
-    from tools.train import predict
 
     t_start = time.perf_counter()
     say = progress or (lambda *_: None)
@@ -436,6 +442,15 @@ def open_project_data(out: str | Path):
                        exclude=(out,))
 
 
+def _quant_defaults() -> dict:
+    import inspect
+
+    from tools.quantize.pipeline import quantize_export
+
+    keep = ("method", "calib_n", "percentile", "budget_auc", "budget_dice", "accept_loss")
+    return {k: p.default for k, p in inspect.signature(quantize_export).parameters.items() if k in keep}
+
+
 def quantize(out: str | Path, *, force: bool = False, progress: Callable[[str], None] | None = None,
              **kwargs: Any) -> tuple[dict, str]:
     """FP16 / INT8 / mixed variants of OUT/model.onnx with the gate on the user's test split, into OUT.
@@ -448,33 +463,37 @@ def quantize(out: str | Path, *, force: bool = False, progress: Callable[[str], 
     out = Path(out)
     _project(out)
     folder = open_project_data(out)
-    model_sha = sha256_file(out / "model.onnx")
-    rep_path = out / "accuracy_report.json"
-    if rep_path.is_file() and not force:
-        old = read_json(rep_path)
-        same = ((old.get("model") or {}).get("source_sha256") == model_sha
-                and (old.get("data") or {}).get("fingerprint") == folder.fingerprint
-                and not kwargs)
-        if same:
-            return old, "cached"
+    rep_path, stamp_path = out / "accuracy_report.json", out / "quantize.source.json"
+    # The gate's settings with their defaults filled in: the CLI (which passes them all) and a bare
+    # quantize(out) of the same settings share one cache entry.
+    settings = {**_quant_defaults(), **kwargs}
+    stamp = {"model_sha256": sha256_file(out / "model.onnx"), "dataset": folder.fingerprint,
+             "settings": {k: settings[k] for k in sorted(settings)}}
+    if rep_path.is_file() and stamp_path.is_file() and not force:
+        if read_json(stamp_path) == json.loads(json.dumps(stamp, default=str)) and \
+                (read_json(rep_path).get("model") or {}).get("source_sha256") == stamp["model_sha256"]:
+            return read_json(rep_path), "cached"
     calib_n = kwargs.pop("calib_n", MIN_CALIB_SLICES)
     ds = quant_dataset(folder, folder.spec.chw, calib_n)
+    stamp_path.unlink(missing_ok=True)
     # A report already here is this project's own earlier quantization: replacing it is bookkeeping.
     rep = quantize_export(out, out, dataset=ds, calib_n=calib_n, force=True, progress=progress, **kwargs)
+    write_json_atomic(stamp_path, stamp, force=True)
     return rep, "ran"
 
 
 def build(out: str | Path, *, bundle: str | Path | None = None, target: str = "auto", force: bool = False
           ) -> tuple[Path, str]:
-    """OUT/<name>.slicert from OUT's variants, model.json and accuracy report. Cached: a bundle built from
+    """OUT/model.slicert from OUT's variants, model.json and accuracy report. Cached: a bundle built from
     the same accuracy report is reused (and verified). Returns (path, "ran" | "cached")."""
     from engine.bundle import build_bundle, open_bundle
 
     out = Path(out)
-    p = _project(out)
+    _project(out)
     if not (out / "accuracy_report.json").is_file():
         raise InputError(f"{out}: no accuracy_report.json; run `slicert quantize {out}` first")
-    path = Path(bundle) if bundle is not None else out / f"{p['spec']['name']}.slicert"
+    # The same default and stamp as `slicert build OUT` (engine/cli/build.py): either reuses the other's bundle.
+    path = Path(bundle) if bundle is not None else out / "model.slicert"
     stamp = path.with_suffix(".source.json")
     rep_sha = sha256_file(out / "accuracy_report.json")
     if path.is_file() and stamp.is_file() and not force and read_json(stamp).get("accuracy_report_sha256") == rep_sha:

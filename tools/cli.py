@@ -102,9 +102,82 @@ def _command(app: typer.Typer, step: str, doc: str) -> None:
     app.command(name=step)(cmd)
 
 
+def _distill_own(teacher: Path, spec: Path | None, data: Path | None, labels: Path | None, masks: Path | None,
+                 splits: Path | None, student: str, out: Path, epochs: int, seed: int, force: bool, threads: int,
+                 flags: dict, as_json: bool) -> None:
+    """`slicert distill --teacher ...`: the user's model and DICOM folder (tools.byom)."""
+    from rich.console import Console
+
+    from engine.errors import SliceRTError
+
+    console = Console(stderr=True)
+    try:
+        from tools import byom, model_spec
+
+        if data is None:
+            raise model_spec.SpecError("--teacher needs --data DIR (the DICOM folder)")
+        ms = model_spec.load(spec, model_spec.overrides_from_flags(**flags))
+        result = byom.distill(str(teacher), ms, data, out=out, labels=labels, masks=masks, splits=splits,
+                              student=student, epochs=epochs, seed=seed, force=force, threads=threads,
+                              progress=lambda st, fr, msg: console.print(f"[dim]{st}[/dim] {msg}")
+                              if fr in (0.0, 1.0) else None)
+    except SliceRTError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    typer.echo(open(result["report_md"], encoding="utf-8").read())
+    typer.echo(f"next: slicert quantize {out}  &&  slicert build {out}")
+
+
+def _distill_command(app: typer.Typer) -> None:
+    def distill(
+        tasks: list[str] = typer.Argument(None, help=_TASKS_HELP + " (the demo zoo; ignored with --teacher)"),
+        out: Path = typer.Option(Path("slicert-models"), "--out", "-o", help="Output directory (steps cached here)."),
+        fast: bool = typer.Option(False, "--fast", help="Zoo: small data and few epochs (tests, smoke runs; < 2 min)."),
+        cache: Path = typer.Option(None, "--cache", help="Zoo dataset cache (default $SLICERT_CACHE or ~/.cache/slicert)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of data generation/splits, initialization and training."),
+        force: bool = typer.Option(False, "--force", help="Recompute and overwrite existing outputs in --out."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+        teacher: Path = typer.Option(None, "--teacher", help="Your teacher: model.onnx (run under ONNX Runtime) or a "
+                                     "TorchScript file. With it, --data/--spec say what it was trained on."),
+        spec: Path = typer.Option(None, "--spec", help="Model spec JSON (task, labels, input, voi); see docs/byom.md."),
+        data: Path = typer.Option(None, "--data", help="Folder of DICOM files (read recursively)."),
+        labels: Path = typer.Option(None, "--labels", help="Classification labels CSV: file,label or "
+                                    "SOPInstanceUID,label."),
+        masks: Path = typer.Option(None, "--masks", help="Segmentation masks folder (one mask per image)."),
+        splits: Path = typer.Option(None, "--splits", help="Patient splits file (default: splits.json next to the "
+                                    "labels/masks); written once, then reused."),
+        student: str = typer.Option("small", "--student", help="tiny | small | base, with knobs 'small:depth=3', "
+                                    "or an arch id 'unet-w6-d4'."),
+        epochs: int = typer.Option(30, "--epochs", help="Training epochs of each student."),
+        threads: int = typer.Option(2, "--threads", help="PyTorch CPU threads for training."),
+        task: str = typer.Option(None, "--task", help="Spec override: classification | segmentation."),
+        classes: str = typer.Option(None, "--classes", help="Spec override: class names, comma-separated."),
+        size: str = typer.Option(None, "--size", help="Spec override: model input HEIGHTxWIDTH."),
+        channels: int = typer.Option(None, "--channels", help="Spec override: model input channels (1 or 3)."),
+        window: str = typer.Option(None, "--window", help="Spec override: fixed VOI window CENTER,WIDTH."),
+        voi: str = typer.Option(None, "--voi", help="Spec override: dicom | model."),
+    ) -> None:
+        """Distill a student: from YOUR teacher and DICOM folder (--teacher/--spec/--data), or the demo zoo's
+        teachers (runs/reuses `train` first)."""
+        if teacher is not None:
+            flags = {"task": task, "classes": classes, "size": size, "channels": channels, "window": window,
+                     "voi": voi}
+            _distill_own(teacher, spec, data, labels, masks, splits, student, out, epochs, seed, force, threads,
+                         flags, as_json)
+            return
+        _run("distill", tasks, out, fast, cache, seed, force, as_json)
+
+    app.command(name="distill")(distill)
+
+
 def register(app: typer.Typer) -> None:
     _command(app, "train", "Build datasets and train the teacher and the student alone (cached in --out).")
-    _command(app, "distill", "Train the distilled student from the teacher (runs/reuses `train` first).")
+    _distill_command(app)
     _command(app, "export", "Export the FP32 teacher and the distilled student to ONNX + model.json "
                             "(runs/reuses train and distill first).")
 

@@ -30,9 +30,9 @@ class Teacher:
 
     def predict(self, x: np.ndarray, batch: int = 32) -> np.ndarray:
         """Logits for model inputs (N, C, H, W) float32."""
-        from tools.train import predict
-
         import torch
+
+        from tools.train import predict
 
         return predict(self.module, torch.from_numpy(np.ascontiguousarray(x)), batch)
 

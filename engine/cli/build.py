@@ -10,7 +10,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def build(
         source: Path = typer.Argument(..., help="model.onnx, a `slicert export` folder or a `slicert quantize` folder."),
-        out: Path = typer.Option(..., "--out", "-o", help="Bundle file to write (e.g. model.slicert)."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Bundle file to write (e.g. model.slicert); default "
+                                        "for a folder: FOLDER/model.slicert, rebuilt only when its accuracy report changed."),
         precision: str = typer.Option("best", "--precision",
                                       help="fp32 | fp16 | int8 | mixed | best (every variant that passed its gate)."),
         target: str = typer.Option("auto", "--target", help="cpu | tensorrt | auto (engines when a GPU is present)."),
@@ -38,6 +39,16 @@ def register(app: typer.Typer) -> None:
         from engine.errors import SliceRTError
 
         console = Console()
+        stamp = None
+        if out is None:
+            if not source.is_dir():
+                typer.echo("error: InputError: --out is required when SOURCE is a model file", err=True)
+                raise typer.Exit(code=2)
+            out, stamp = source / "model.slicert", source / "model.source.json"
+            if not force and _up_to_date(out, stamp, source / "accuracy_report.json"):
+                console.print(f"[bold cyan]cached[/] {escape(str(out))} (built from the current accuracy report)")
+                return
+            force = force or stamp.is_file()  # a bundle this default wrote earlier is ours to replace
         try:
             with console.status(escape(f"building {out} from {source} ...")):
                 report = build_bundle(source, out, precision=precision, target=target, meta=meta,
@@ -50,6 +61,8 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None
+        if stamp is not None:
+            _write_stamp(stamp, source / "accuracy_report.json")
         size_kib = report.path.stat().st_size / 1024
         console.print(f"[bold green]wrote[/] {escape(str(report.path))} ({size_kib:.1f} KiB)")
         console.print(f"  variants: {', '.join(report.variants)}")
@@ -84,3 +97,33 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=2) from None
         typer.echo(f"private key {priv} (keep it secret)\npublic key  {pub} (give it to loaders as trusted_keys)\n"
                    f"fingerprint {fp}")
+
+
+def _report_sha(report: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(report.read_bytes()).hexdigest() if report.is_file() else None
+
+
+def _up_to_date(bundle: Path, stamp: Path, report: Path) -> bool:
+    """The default bundle of a folder exists, was built from this accuracy report and verifies."""
+    import json
+
+    from engine.bundle import open_bundle
+    from engine.errors import SliceRTError
+
+    if not (bundle.is_file() and stamp.is_file()):
+        return False
+    try:
+        if json.loads(stamp.read_text()).get("accuracy_report_sha256") != _report_sha(report):
+            return False
+        with open_bundle(bundle):  # verifies every member's checksum
+            return True
+    except (OSError, ValueError, SliceRTError):
+        return False
+
+
+def _write_stamp(stamp: Path, report: Path) -> None:
+    import json
+
+    stamp.write_text(json.dumps({"accuracy_report_sha256": _report_sha(report)}))

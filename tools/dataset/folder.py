@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,6 @@ def open_folder(root: str | Path, spec, *, labels: str | Path | None = None, mas
                 continue
             used.append(r)
             target_of[r.rel] = read_mask(m, r, k)
-    where = str(labels_p or masks_p)
     if not used:
         raise DatasetError(f"{root}: no usable labelled image ({len(records)} readable, {len(unusable)} unusable; "
                            f"first reason: {unusable[0].reason + ': ' + unusable[0].detail if unusable else 'none'})")
