@@ -8,4 +8,5 @@
 
 The firmware side is the C library in cpp/client (libc + pthreads only). docs/firmware.md has the protocol.
 """
+
 from __future__ import annotations

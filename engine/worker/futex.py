@@ -4,6 +4,7 @@ ctypes releases the GIL for the call. Not FUTEX_PRIVATE: the word is shared betw
 The syscall number and the ordering argument in engine/worker/serve.py are x86-64 facts; `check_platform`
 refuses other machines instead of running with a wrong memory model.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,8 +26,10 @@ def check_platform() -> None:
     if platform.system() != "Linux" or machine not in ("x86_64", "AMD64"):
         # The worker publishes results with plain aligned stores and relies on x86-64's total store
         # order; a weakly ordered CPU (aarch64) would need fences Python cannot issue.
-        raise BackendUnavailable(f"the isolated worker runs on Linux x86-64 only (this is {platform.system()} "
-                                 f"{machine}); use embedded mode (docs/firmware.md) here")
+        raise BackendUnavailable(
+            f"the isolated worker runs on Linux x86-64 only (this is {platform.system()} "
+            f"{machine}); use embedded mode (docs/firmware.md) here"
+        )
 
 
 class Futex:
@@ -37,8 +40,15 @@ class Futex:
         libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = libc.syscall
         self._syscall.restype = ctypes.c_long
-        self._syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
-                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+        self._syscall.argtypes = [
+            ctypes.c_long,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+        ]
         self._ts = _Timespec()
         self._ts_ptr = ctypes.addressof(self._ts)
 

@@ -1,4 +1,5 @@
 """Process entry points of isolated mode: a standalone worker, the supervised child, and the supervisor."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,18 @@ class WorkerOptions:
     spin_us: float = 0.0
 
     def argv(self) -> list[str]:
-        out = ["--bundle", str(self.bundle), "--shm", self.shm, "--precision", self.precision,
-               "--backend", self.backend, "--spin-us", str(self.spin_us)]
+        out = [
+            "--bundle",
+            str(self.bundle),
+            "--shm",
+            self.shm,
+            "--precision",
+            self.precision,
+            "--backend",
+            self.backend,
+            "--spin-us",
+            str(self.spin_us),
+        ]
         if self.threads is not None:
             out += ["--threads", str(self.threads)]
         return out
@@ -44,6 +55,7 @@ class _StopFlag:
     def install(self) -> None:
         def handler(signum, frame):
             self.stop = True
+
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
@@ -58,8 +70,10 @@ def serve_on(opts: WorkerOptions, segment: L.Segment, should_stop) -> None:
     try:
         worker = Worker(session, segment, log=_log)
         worker.start()
-        _log(f"ready in {(time.perf_counter() - t0) * 1e3:.0f} ms (epoch {worker.epoch}, {session.info['backend']} "
-             f"{session.variant}, segment {segment.name!r} {segment.geometry.total_size} bytes)")
+        _log(
+            f"ready in {(time.perf_counter() - t0) * 1e3:.0f} ms (epoch {worker.epoch}, {session.info['backend']} "
+            f"{session.variant}, segment {segment.name!r} {segment.geometry.total_size} bytes)"
+        )
         try:
             worker.serve(should_stop, spin_us=opts.spin_us)
         finally:
@@ -94,8 +108,14 @@ def child_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     stop = _StopFlag()
     stop.install()
-    opts = WorkerOptions(bundle=a.bundle, shm=a.shm, threads=a.threads, precision=a.precision, backend=a.backend,
-                         spin_us=a.spin_us)
+    opts = WorkerOptions(
+        bundle=a.bundle,
+        shm=a.shm,
+        threads=a.threads,
+        precision=a.precision,
+        backend=a.backend,
+        spin_us=a.spin_us,
+    )
     seg = L.Segment.attach(a.shm)
     try:
         serve_on(opts, seg, stop)

@@ -9,6 +9,7 @@ STATUS_RESTARTED for those and carry on with the next frames without reconnectin
 A worker that dies within a second of becoming ready is restarted with an exponential back-off
 (0.1 s doubling to 5 s), so a poison bundle cannot spin the CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,10 @@ class Supervisor:
                 if ready_at is None:
                     if state == L.STATE_READY and epoch != epoch_before:
                         ready_at = time.monotonic()
-                        _log(f"worker pid {proc.pid} ready {1e3 * (ready_at - t_spawn):.0f} ms after start "
-                             f"(epoch {epoch}, restarts so far {self.restarts})")
+                        _log(
+                            f"worker pid {proc.pid} ready {1e3 * (ready_at - t_spawn):.0f} ms after start "
+                            f"(epoch {epoch}, restarts so far {self.restarts})"
+                        )
                     elif time.monotonic() - t_spawn > self.start_timeout_s:
                         why = f"not ready {self.start_timeout_s:.0f} s after start"
                         break
@@ -82,8 +85,10 @@ class Supervisor:
             self.seg.set_u32(L.H_RESTARTS, self.restarts)
             lived = time.monotonic() - (ready_at or t_spawn)
             backoff = 0.0 if ready_at is not None and lived > 1.0 else min(5.0, max(0.1, 2 * backoff))
-            _log(f"worker pid {proc.pid} {why}; restart {self.restarts}"
-                 + (f" after {backoff:.1f} s back-off" if backoff else ""))
+            _log(
+                f"worker pid {proc.pid} {why}; restart {self.restarts}"
+                + (f" after {backoff:.1f} s back-off" if backoff else "")
+            )
             if backoff:
                 time.sleep(backoff)
 

@@ -1,6 +1,7 @@
 """Fixtures for the firmware tests: the C client driver compiled with the system C compiler (warnings as
 errors; also with AddressSanitizer + UBSan), tiny bundles from tests/runtime/tiny_models.py, and real
 worker processes (`slicert worker`, standalone or --supervise) on a fresh shared-memory segment."""
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,8 @@ def fw_bundles(tmp_path_factory) -> dict[str, Path]:
         out[key] = root / f"{key}.slicert"
         build_bundle(export, out[key], precision="fp32", target="cpu", max_batch=1)
     return out
+
+
 @pytest.fixture
 def start_worker():
     started: list[WorkerProcess] = []

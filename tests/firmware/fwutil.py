@@ -1,4 +1,5 @@
 """Helpers of the firmware tests: the C driver build, worker processes, the interactive driver."""
+
 from __future__ import annotations
 
 import itertools
@@ -27,13 +28,20 @@ def compile_driver(out: Path, *, sanitize: bool) -> Path:
     if shutil.which(CC) is None:
         pytest.fail(f"no C compiler {CC!r} on PATH: the firmware tests need one (set CC)")
     flags = WARNINGS + (SANITIZE + ["-O1"] if sanitize else ["-O2"])
-    cmd = [CC, *flags, "-I", str(CLIENT_DIR), str(HERE / "client_driver.c"), str(CLIENT_DIR / "slicert_client.c"),
-           "-o", str(out), "-pthread"]
+    cmd = [
+        CC,
+        *flags,
+        "-I",
+        str(CLIENT_DIR),
+        str(HERE / "client_driver.c"),
+        str(CLIENT_DIR / "slicert_client.c"),
+        "-o",
+        str(out),
+        "-pthread",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
     return out
-
-
 
 
 def driver_env(sanitized: bool) -> dict:
@@ -44,8 +52,6 @@ def driver_env(sanitized: bool) -> dict:
     return env
 
 
-
-
 def unique_name() -> str:
     return f"slrt_test_{os.getpid()}_{next(_names)}"
 
@@ -53,21 +59,56 @@ def unique_name() -> str:
 class WorkerProcess:
     """`slicert worker` in a subprocess (the same entry point users run), with bounded start and stop."""
 
-    def __init__(self, bundle: Path, *, supervise: bool = False, lanes: int = 2, slots: int = 4,
-                 max_frame_bytes: int = 1 << 20, max_mask_pixels: int = 1 << 18, hang_timeout_ms: int = 2000,
-                 spin_us: float = 0.0):
+    def __init__(
+        self,
+        bundle: Path,
+        *,
+        supervise: bool = False,
+        lanes: int = 2,
+        slots: int = 4,
+        max_frame_bytes: int = 1 << 20,
+        max_mask_pixels: int = 1 << 18,
+        hang_timeout_ms: int = 2000,
+        spin_us: float = 0.0,
+        cmd_prefix: tuple[str, ...] = (),
+    ):
         from engine.worker import layout
 
         self.name = unique_name()
         self.layout = layout
-        cmd = [sys.executable, "-m", "engine.cli", "worker", "--bundle", str(bundle), "--shm", self.name,
-               "--lanes", str(lanes), "--slots", str(slots), "--max-frame-bytes", str(max_frame_bytes),
-               "--max-mask-pixels", str(max_mask_pixels), "--hang-timeout-ms", str(hang_timeout_ms),
-               "--threads", "1", "--precision", "fp32", "--spin-us", str(spin_us)]
+        cmd = [
+            *cmd_prefix,
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "worker",
+            "--bundle",
+            str(bundle),
+            "--shm",
+            self.name,
+            "--lanes",
+            str(lanes),
+            "--slots",
+            str(slots),
+            "--max-frame-bytes",
+            str(max_frame_bytes),
+            "--max-mask-pixels",
+            str(max_mask_pixels),
+            "--hang-timeout-ms",
+            str(hang_timeout_ms),
+            "--threads",
+            "1",
+            "--precision",
+            "fp32",
+            "--spin-us",
+            str(spin_us),
+        ]
         if supervise:
             cmd.append("--supervise")
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         self.seg = None
         self.wait_ready()
 
@@ -77,14 +118,19 @@ class WorkerProcess:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}: {self.proc.communicate()[1]}")
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}: {self.proc.communicate()[1]}"
+                )
             if self.seg is None and os.path.exists(L.shm_path(self.name)):
                 try:
                     self.seg = L.Segment.attach(self.name)
                 except Exception:
                     self.seg = None  # still being initialised
-            if self.seg is not None and self.seg.u32(L.H_WORKER_STATE) == L.STATE_READY and \
-                    self.seg.u32(L.H_WORKER_EPOCH) > epoch_after:
+            if (
+                self.seg is not None
+                and self.seg.u32(L.H_WORKER_STATE) == L.STATE_READY
+                and self.seg.u32(L.H_WORKER_EPOCH) > epoch_after
+            ):
                 return time.monotonic() - t0
             time.sleep(0.01)
         raise AssertionError(f"worker on {self.name} not ready within {timeout_s} s")
@@ -111,8 +157,6 @@ class WorkerProcess:
         return err
 
 
-
-
 class Interactive:
     """The driver's `interactive` mode: one command per line on stdin, one answer line on stdout
     (read by a thread, so a blocked driver turns into a bounded test failure, never a hung test)."""
@@ -121,9 +165,14 @@ class Interactive:
         import queue
         import threading
 
-        self.proc = subprocess.Popen([str(exe), "interactive", name, mode, str(h), str(w), str(big_h), str(big_w)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            [str(exe), "interactive", name, mode, str(h), str(w), str(big_h), str(big_w)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()

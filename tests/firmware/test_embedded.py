@@ -1,6 +1,7 @@
 """Embedded mode: examples/embedded builds with CMake against this Python (python3-embed), loads a bundle
 once, runs frames from a C buffer through Session.run_into without copying, and its results equal
 session.run on the same pixels (the example checks that itself and exits 3 when they differ)."""
+
 from __future__ import annotations
 
 import json
@@ -20,19 +21,35 @@ def embed_exe(tmp_path_factory):
         pytest.fail("cmake is needed to build examples/embedded")
     build = tmp_path_factory.mktemp("embed_build")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    cfg = subprocess.run(["cmake", "-S", str(ROOT / "examples" / "embedded"), "-B", str(build), *gen,
-                          f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release"],
-                         capture_output=True, text=True, timeout=300, check=False)
+    cfg = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "examples" / "embedded"),
+            "-B",
+            str(build),
+            *gen,
+            f"-DPython_EXECUTABLE={sys.executable}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True, timeout=600, check=False)
+    bld = subprocess.run(
+        ["cmake", "--build", str(build)], capture_output=True, text=True, timeout=600, check=False
+    )
     assert bld.returncode == 0, bld.stdout + bld.stderr
     return build / "slicert_embed"
 
 
 def _run(exe, *args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", SLICERT_PYTHON=sys.executable)
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+    return subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
 
 
 @pytest.mark.parametrize("key", ["cls", "seg"])

@@ -4,6 +4,7 @@
 Timeouts are bounded everywhere: the client waits at most the time it is given, the tests at most
 START_TIMEOUT_S for a worker to start and 60 s for any driver answer.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,18 @@ def read_records(path, n: int) -> list[dict]:
         off += 8
         mask = np.frombuffer(raw, np.uint8, mh * mw, off).reshape(mh, mw)
         off += mh * mw
-        out.append({"status": status, "label": label, "ncls": ncls, "has_areas": has_areas, "scores": scores[:ncls],
-                    "counts": counts[:ncls], "areas": areas[:ncls], "mask": mask})
+        out.append(
+            {
+                "status": status,
+                "label": label,
+                "ncls": ncls,
+                "has_areas": has_areas,
+                "scores": scores[:ncls],
+                "counts": counts[:ncls],
+                "areas": areas[:ncls],
+                "mask": mask,
+            }
+        )
     assert off == len(raw)
     return out
 
@@ -60,8 +71,27 @@ def run_driver(exe, name, frames, mode, spacing, tmp_path, tag, env=None) -> lis
     fin, fout = tmp_path / f"{tag}.frames", tmp_path / f"{tag}.results"
     write_frames(fin, frames)
     row, col = spacing or (0.0, 0.0)
-    proc = subprocess.run([str(exe), "run", name, mode, str(fin), str(len(frames)), str(h), str(w), str(ch), str(dtype),
-                           repr(row), repr(col), str(fout)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            str(exe),
+            "run",
+            name,
+            mode,
+            str(fin),
+            str(len(frames)),
+            str(h),
+            str(w),
+            str(ch),
+            str(dtype),
+            repr(row),
+            repr(col),
+            str(fout),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"DONE {len(frames)}" in proc.stdout, proc.stdout + proc.stderr
     return read_records(fout, len(frames))
@@ -105,8 +135,9 @@ CASES = {
 
 @pytest.mark.parametrize("sanitized", [False, True], ids=["plain", "asan-ubsan"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_results_identical_to_session_run(case, sanitized, request, fw_bundles, sessions, start_worker, rng,
-                                          tmp_path):
+def test_results_identical_to_session_run(
+    case, sanitized, request, fw_bundles, sessions, start_worker, rng, tmp_path
+):
     key, make, spacing = CASES[case]
     exe = request.getfixturevalue("asan_driver" if sanitized else "driver")
     frames = [make(rng) for _ in range(12)]
@@ -124,8 +155,26 @@ def test_two_clients_on_one_worker(driver, fw_bundles, sessions, start_worker, r
         fin, fout = tmp_path / f"{tag}.frames", tmp_path / f"{tag}.results"
         write_frames(fin, frames)
         row, col = spacing or (0.0, 0.0)
-        p = subprocess.Popen([str(driver), "run", w.name, "still", str(fin), "40", "64", "72", "1", "2", repr(row),
-                              repr(col), str(fout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                str(driver),
+                "run",
+                w.name,
+                "still",
+                str(fin),
+                "40",
+                "64",
+                "72",
+                "1",
+                "2",
+                repr(row),
+                repr(col),
+                str(fout),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         jobs.append((p, frames, spacing, fout))
     lanes = set()
     for p, frames, spacing, fout in jobs:
@@ -137,13 +186,23 @@ def test_two_clients_on_one_worker(driver, fw_bundles, sessions, start_worker, r
     # a third client finds no free lane: an error code and a message, not a hang
     out = subprocess.run([str(driver), "connect", w.name], capture_output=True, text=True, timeout=30).stdout
     assert out.startswith("CONNECT SLICERT_OK"), out  # the two finished clients released their lanes
-    a = subprocess.Popen([str(driver), "interactive", w.name, "still", "32", "32", "32", "32"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    b = subprocess.Popen([str(driver), "interactive", w.name, "still", "32", "32", "32", "32"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        [str(driver), "interactive", w.name, "still", "32", "32", "32", "32"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    b = subprocess.Popen(
+        [str(driver), "interactive", w.name, "still", "32", "32", "32", "32"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert a.stdout.readline().startswith("CONNECTED") and b.stdout.readline().startswith("CONNECTED")
-        out = subprocess.run([str(driver), "connect", w.name], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(driver), "connect", w.name], capture_output=True, text=True, timeout=30
+        ).stdout
         assert out.startswith("CONNECT SLICERT_E_NO_LANE") and "lanes are taken" in out, out
     finally:
         for p in (a, b):
@@ -158,12 +217,16 @@ def _wait_busy_then_stop(w, lane: int, seq: int, timeout_s: float = 10.0) -> boo
     while time.monotonic() - t0 < timeout_s:
         if seg.u32(L.H_BUSY_LANE) == lane and seg.u64(L.H_BUSY_SEQ) == seq:
             os.kill(w.worker_pid, signal.SIGSTOP)
-            dones = [seg.u64(done_off + i * seg.geometry.slot_size) for i in range(seg.geometry.slots_per_lane)]
+            dones = [
+                seg.u64(done_off + i * seg.geometry.slot_size) for i in range(seg.geometry.slots_per_lane)
+            ]
             if seg.u32(L.H_BUSY_LANE) == lane and seg.u64(L.H_BUSY_SEQ) == seq and seq not in dones:
                 return True
             os.kill(w.worker_pid, signal.SIGCONT)
             return False
-        if any(seg.u64(done_off + i * seg.geometry.slot_size) == seq for i in range(seg.geometry.slots_per_lane)):
+        if any(
+            seg.u64(done_off + i * seg.geometry.slot_size) == seq for i in range(seg.geometry.slots_per_lane)
+        ):
             return False
     return False
 
@@ -286,8 +349,10 @@ def test_cine_latest_frame_wins_and_still_keeps_order(sanitized, request, fw_bun
         taken = {}
         for i in range(4):
             off = seg.slot_offset(lane, i)
-            taken[seg.u64(off + L.S_DONE_SEQ)] = (seg.u64(off + L.S_TAKEN_NS), struct.unpack_from("<i", seg.mm,
-                                                                                                    off + L.S_STATUS)[0])
+            taken[seg.u64(off + L.S_DONE_SEQ)] = (
+                seg.u64(off + L.S_TAKEN_NS),
+                struct.unpack_from("<i", seg.mm, off + L.S_STATUS)[0],
+            )
         assert sorted(taken) == list(range(last - 3, last + 1))
         assert all(st == 0 for _, st in taken.values()), "still frames are never dropped"
         order = sorted(taken, key=lambda s: taken[s][0])
@@ -307,20 +372,32 @@ def _rogue_submit(seg, lane: int, slot: int, seq: int, **fields) -> tuple[int, s
     d.update(fields)
     nbytes = fields.get("nbytes", d["height"] * d["width"] * d["channels"] * L.ITEMSIZE.get(d["dtype"], 2))
     off = seg.slot_offset(lane, slot)
-    struct.pack_into("<IIIIddQQ", seg.mm, off + L.S_DTYPE, d["dtype"], d["channels"], d["height"], d["width"],
-                     d["row"], d["col"], nbytes, 0)
+    struct.pack_into(
+        "<IIIIddQQ",
+        seg.mm,
+        off + L.S_DTYPE,
+        d["dtype"],
+        d["channels"],
+        d["height"],
+        d["width"],
+        d["row"],
+        d["col"],
+        nbytes,
+        0,
+    )
     seg.set_u64(off + L.S_REQ_SEQ, seq)
     t0 = time.monotonic()
     while seg.u64(off + L.S_DONE_SEQ) != seq:  # the worker polls at least every 20 ms
         assert time.monotonic() - t0 < 30, "the worker did not answer a corrupt slot"
         time.sleep(0.002)
     status = struct.unpack_from("<i", seg.mm, off + L.S_STATUS)[0]
-    msg = bytes(seg.mm[off + L.S_MESSAGE:off + L.S_MESSAGE + L.MESSAGE_BYTES]).split(b"\0")[0].decode()
+    msg = bytes(seg.mm[off + L.S_MESSAGE : off + L.S_MESSAGE + L.MESSAGE_BYTES]).split(b"\0")[0].decode()
     return status, msg
 
 
-def test_corrupt_slot_headers_are_rejected_and_the_worker_survives(driver, fw_bundles, sessions, start_worker, rng,
-                                                                  tmp_path):
+def test_corrupt_slot_headers_are_rejected_and_the_worker_survives(
+    driver, fw_bundles, sessions, start_worker, rng, tmp_path
+):
     w = start_worker(fw_bundles["cls"], lanes=2)
     seg = w.seg
     _claim_rogue_lane(seg, 1)
@@ -332,7 +409,7 @@ def test_corrupt_slot_headers_are_rejected_and_the_worker_survives(driver, fw_bu
         ({"width": 70000}, "outside [1, 65535]"),
         ({"height": 60000, "width": 60000}, "larger than the slot"),
         ({"nbytes": 12345}, "frame_bytes 12345"),
-        ({"nbytes": 2 ** 64 - 1}, "frame_bytes 18446744073709551615"),
+        ({"nbytes": 2**64 - 1}, "frame_bytes 18446744073709551615"),
         ({"row": float("nan"), "col": 1.0}, "pixel spacing"),
         ({"row": -1.0, "col": -1.0}, "pixel spacing"),
         ({"row": 1.0, "col": float("inf")}, "pixel spacing"),
@@ -369,18 +446,22 @@ def test_corrupt_or_foreign_segment_header_is_refused_by_the_client(sanitized, r
 
     name = unique_name()
     assert connect(name).startswith("CONNECT SLICERT_E_NOT_FOUND")
-    seg = L.Segment.create(name, L.Geometry(lane_count=1, slots_per_lane=2, frame_capacity=4096, mask_capacity=0))
+    seg = L.Segment.create(
+        name, L.Geometry(lane_count=1, slots_per_lane=2, frame_capacity=4096, mask_capacity=0)
+    )
     try:
         assert connect(name).startswith("CONNECT SLICERT_OK")  # no worker yet: connecting is fine
-        cases = [(L.H_VERSION, "<I", 2, "SLICERT_E_VERSION", "layout version 2"),
-                 (L.H_MAGIC, "<Q", 0x1234, "SLICERT_E_CORRUPT", "bad magic"),
-                 (L.H_HEADER_SIZE, "<I", 64, "SLICERT_E_CORRUPT", "header_size 64"),
-                 (L.H_LANE_COUNT, "<I", 1000, "SLICERT_E_CORRUPT", "lanes 1000"),
-                 (L.H_SLOT_SIZE, "<Q", 2 ** 63, "SLICERT_E_CORRUPT", "sizes disagree"),
-                 (L.H_TOTAL_SIZE, "<Q", 1, "SLICERT_E_CORRUPT", "sizes disagree"),
-                 (L.H_FRAME_CAPACITY, "<Q", 2 ** 40, "SLICERT_E_CORRUPT", "geometry out of bounds")]
+        cases = [
+            (L.H_VERSION, "<I", 2, "SLICERT_E_VERSION", "layout version 2"),
+            (L.H_MAGIC, "<Q", 0x1234, "SLICERT_E_CORRUPT", "bad magic"),
+            (L.H_HEADER_SIZE, "<I", 64, "SLICERT_E_CORRUPT", "header_size 64"),
+            (L.H_LANE_COUNT, "<I", 1000, "SLICERT_E_CORRUPT", "lanes 1000"),
+            (L.H_SLOT_SIZE, "<Q", 2**63, "SLICERT_E_CORRUPT", "sizes disagree"),
+            (L.H_TOTAL_SIZE, "<Q", 1, "SLICERT_E_CORRUPT", "sizes disagree"),
+            (L.H_FRAME_CAPACITY, "<Q", 2**40, "SLICERT_E_CORRUPT", "geometry out of bounds"),
+        ]
         for off, fmt, value, status, text in cases:
-            saved = bytes(seg.mm[off:off + struct.calcsize(fmt)])
+            saved = bytes(seg.mm[off : off + struct.calcsize(fmt)])
             struct.pack_into(fmt, seg.mm, off, value)
             try:
                 out = connect(name)
@@ -388,7 +469,7 @@ def test_corrupt_or_foreign_segment_header_is_refused_by_the_client(sanitized, r
                 with pytest.raises(L.SharedMemoryError):  # the worker side refuses it too
                     L.Segment.attach(name)
             finally:
-                seg.mm[off:off + len(saved)] = saved
+                seg.mm[off : off + len(saved)] = saved
         assert connect(name).startswith("CONNECT SLICERT_OK")
     finally:
         seg.close()
@@ -406,8 +487,12 @@ def test_10000_frames_flat_memory_on_both_sides(driver, fw_bundles, start_worker
     w = start_worker(fw_bundles["seg"])
     worker = psutil.Process(w.worker_pid)
     client_kb, worker_rss = {}, {}
-    with subprocess.Popen([str(driver), "soak", w.name, "10000", "48", "40"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen(
+        [str(driver), "soak", w.name, "10000", "48", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as p:
         try:
             for line in p.stdout:
                 parts = line.split()
@@ -425,9 +510,13 @@ def test_10000_frames_flat_memory_on_both_sides(driver, fw_bundles, start_worker
     # after a 2,000-frame warm-up: the client allocates nothing after connect, the worker is flat
     client_growth_kb = client_kb[10000] - client_kb[2000]
     worker_growth = worker_rss[10000] - worker_rss[2000]
-    print(f"client RssAnon {client_kb[2000]} -> {client_kb[10000]} kB; worker RSS {worker_rss[2000] >> 10} -> "
-          f"{worker_rss[10000] >> 10} kB")
+    print(
+        f"client RssAnon {client_kb[2000]} -> {client_kb[10000]} kB; worker RSS {worker_rss[2000] >> 10} -> "
+        f"{worker_rss[10000] >> 10} kB"
+    )
     assert client_growth_kb <= 0, f"client anonymous memory grew by {client_growth_kb} kB"
     assert worker_growth < 1 << 20, f"worker RSS grew by {worker_growth} bytes"
-    lane_completed = sum(w.seg.u64(w.seg.lane_offset(i) + L.L_COMPLETED) for i in range(w.seg.geometry.lane_count))
+    lane_completed = sum(
+        w.seg.u64(w.seg.lane_offset(i) + L.L_COMPLETED) for i in range(w.seg.geometry.lane_count)
+    )
     assert lane_completed == 10000

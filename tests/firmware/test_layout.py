@@ -1,5 +1,6 @@
 """The shared-memory contract: C header and Python layout agree field by field; geometry and names are
 checked like the untrusted input they are."""
+
 from __future__ import annotations
 
 import re
@@ -51,12 +52,25 @@ def test_slot_fields_fit_their_blocks():
     assert L.S_AREAS_MM2 + 8 * L.MAX_CLASSES <= L.S_MESSAGE
     assert L.H_LABELS + L.MAX_CLASSES * L.LABEL_BYTES <= L.HEADER_SIZE
     g = L.Geometry(lane_count=3, slots_per_lane=5, frame_capacity=1000, mask_capacity=7)
-    assert g.slot_size % L.ALIGN == 0 and g.total_size == L.HEADER_SIZE + 3 * (L.LANE_HEADER_SIZE + 5 * g.slot_size)
+    assert g.slot_size % L.ALIGN == 0 and g.total_size == L.HEADER_SIZE + 3 * (
+        L.LANE_HEADER_SIZE + 5 * g.slot_size
+    )
 
 
-@pytest.mark.parametrize("field,value", [("lane_count", 0), ("lane_count", 65), ("slots_per_lane", 0),
-                                         ("frame_capacity", 0), ("frame_capacity", 1 << 40), ("mask_capacity", -1),
-                                         ("hang_timeout_ms", 1), ("lane_count", 2.5), ("slots_per_lane", True)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("lane_count", 0),
+        ("lane_count", 65),
+        ("slots_per_lane", 0),
+        ("frame_capacity", 0),
+        ("frame_capacity", 1 << 40),
+        ("mask_capacity", -1),
+        ("hang_timeout_ms", 1),
+        ("lane_count", 2.5),
+        ("slots_per_lane", True),
+    ],
+)
 def test_geometry_out_of_bounds_is_refused(field, value):
     with pytest.raises(SharedMemoryError, match=field):
         L.Geometry(**{field: value}).check()
@@ -79,7 +93,9 @@ def test_attach_refuses_missing_short_and_inconsistent_segments():
             L.Segment.attach(name)
     finally:
         L.unlink(name)
-    seg = L.Segment.create(name, L.Geometry(lane_count=1, slots_per_lane=1, frame_capacity=64, mask_capacity=0))
+    seg = L.Segment.create(
+        name, L.Geometry(lane_count=1, slots_per_lane=1, frame_capacity=64, mask_capacity=0)
+    )
     try:
         with pytest.raises(SharedMemoryError, match="already exists"):
             L.Segment.create(name, seg.geometry, replace=False)

@@ -1,0 +1,311 @@
+"""Firmware integration figures (issue 20): what calling SliceRT from C costs.
+
+* isolated mode: round trip of the C client (submit -> result seen) against a real `slicert worker`,
+  minus `Session.run_into` called in-process from Python on the same frame, in alternating blocks;
+  with the default (sleep on the futex at once) and with both sides polling 200 us first;
+* embedded mode: run_into called from C++ through the CPython API (GIL taken per call, and held) against
+  the same call from a Python loop, in the same process (examples/embedded);
+* worker restart: SIGKILL of a supervised worker -> first successful frame on the same client handle.
+
+    python benchmarks/bench_firmware.py [--bundle X.slicert] [--rounds 6] [--block 500] [--json out.json]
+
+Without --bundle it builds the tiny synthetic classifier of tests/runtime/tiny_models.py (fp32), whose
+inference takes tens of microseconds, so the transport overhead is not hidden behind the model.
+Medians of per-call times; the machine's load is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+
+H, W = 64, 64
+
+
+def _pattern(k: int = 1) -> np.ndarray:
+    i = np.arange(H * W, dtype=np.uint64)
+    return ((i * 2654435761 + k * 40503) & 4095).astype(np.uint16).reshape(H, W)  # the driver's pattern
+
+
+def tiny_bundle(folder: Path) -> Path:
+    import tiny_models
+    from engine.bundle import build_bundle
+
+    export = tiny_models.write_export(folder / "export_cls", "classification")
+    out = folder / "cls.slicert"
+    build_bundle(export, out, precision="fp32", target="cpu", max_batch=1)
+    return out
+
+
+def in_process_block(session, result, x, n: int, pause_s: float = 0.0) -> list[float]:
+    """Per-call us of run_into from Python; pause_s > 0 sleeps between calls, as a frame-paced caller does
+    (the core's caches and clock cool down between frames, which a hot loop never sees)."""
+    ns = time.perf_counter_ns
+    run_into = session.run_into
+    out = []
+    for _ in range(n):
+        t0 = ns()
+        run_into(result, x)
+        out.append((ns() - t0) * 1e-3)
+        if pause_s:
+            time.sleep(pause_s)
+    return out
+
+
+def isolated_block(
+    driver: Path, name: str, n: int, spin_us: int, prefix=()
+) -> tuple[list[float], list[float]]:
+    env = dict(os.environ, SLICERT_SPIN_US=str(spin_us))
+    p = subprocess.run(
+        [*prefix, str(driver), "bench", name, str(n), str(H), str(W), "50"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(p.stdout + p.stderr)
+    rt, worker = [], []
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if parts[0] == "RT":
+            rt.append(int(parts[1]) * 1e-3)
+            worker.append(float(parts[3]) * 1e3)
+    return rt, worker
+
+
+def pct(v, q) -> float:
+    return float(np.percentile(np.asarray(v), q))
+
+
+def _set_fifo(priority: int | None) -> None:
+    if priority is None:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    else:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+
+
+def bench_isolated(bundle: Path, driver: Path, rounds: int, block: int, rt_priority: int | None) -> dict:
+    """Round trip of the C client vs run_into in-process, alternating blocks, per scheduling class."""
+    import engine
+    from tests.firmware.fwutil import WorkerProcess
+
+    session = engine.load(bundle, precision="fp32", threads=1)
+    result = session.new_result()
+    x = _pattern(1)
+    in_process_block(session, result, x, 200)  # warm-up
+    classes = [("normal", None)] + ([("fifo", rt_priority)] if rt_priority else [])
+    out = {}
+    for cls_name, prio in classes:
+        prefix = ("chrt", "-f", str(prio)) if prio else ()
+        w = WorkerProcess(bundle, max_frame_bytes=1 << 20, cmd_prefix=prefix)
+        try:
+            for spin in (0, 100):
+                hot, paced, rt, work = [], [], [], []
+                for _ in range(rounds):
+                    if prio:
+                        _set_fifo(prio)
+                    try:
+                        hot += in_process_block(session, result, x, block)
+                        paced += in_process_block(session, result, x, block // 4, pause_s=0.0002)
+                    finally:
+                        if prio:
+                            _set_fifo(None)
+                    r, k = isolated_block(driver, w.name, block, spin, prefix)
+                    rt += r
+                    work += k
+                out[f"{cls_name}, client spin {spin} us"] = {
+                    "scheduling": cls_name if not prio else f"SCHED_FIFO {prio} (worker, client, baseline)",
+                    "client_spin_us": spin,
+                    "worker_spin_us": 0,
+                    "calls": len(rt),
+                    "in_process_hot_us": {"p50": pct(hot, 50), "p99": pct(hot, 99)},
+                    "in_process_paced_us": {"p50": pct(paced, 50), "p99": pct(paced, 99)},
+                    "isolated_round_trip_us": {"p50": pct(rt, 50), "p99": pct(rt, 99)},
+                    "worker_frame_us_p50": pct(work, 50),
+                    "overhead_vs_hot_us": {
+                        "p50": pct(rt, 50) - pct(hot, 50),
+                        "p99": pct(rt, 99) - pct(hot, 99),
+                    },
+                    "overhead_vs_paced_us": {
+                        "p50": pct(rt, 50) - pct(paced, 50),
+                        "p99": pct(rt, 99) - pct(paced, 99),
+                    },
+                }
+        finally:
+            w.stop()
+    session.close()
+    return out
+
+
+def bench_embedded(bundle: Path, build: Path, frames: int) -> dict:
+    gen = (
+        ["-G", "Ninja"]
+        if subprocess.run(["which", "ninja"], capture_output=True, check=False).returncode == 0
+        else []
+    )
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "examples" / "embedded"),
+            "-B",
+            str(build),
+            *gen,
+            f"-DPython_EXECUTABLE={sys.executable}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, timeout=600)
+    build_s = time.perf_counter() - t0
+    env = dict(os.environ, OMP_NUM_THREADS="1", SLICERT_PYTHON=sys.executable)
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [str(build / "slicert_embed"), str(bundle), str(H), str(W), str(frames), "fp32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(p.stdout + p.stderr)
+    out = json.loads(p.stdout)
+    out["process_wall_s"] = wall
+    out["build_s"] = build_s
+    return out
+
+
+def bench_restart(bundle: Path, driver: Path, repeats: int) -> dict:
+    from tests.firmware.fwutil import Interactive, WorkerProcess
+
+    w = WorkerProcess(bundle, supervise=True, hang_timeout_ms=2000)
+    d = Interactive(driver, w.name, "still", H, W, H, W)
+    recover_ms, ready_ms = [], []
+    try:
+        assert d.cmd("small 20") == "OK 20"
+        for _ in range(repeats):
+            epoch = w.epoch
+            t_kill = time.monotonic()
+            os.kill(w.worker_pid, signal.SIGKILL)
+            ans = d.cmd("recover 120000", timeout_s=180).split()
+            if ans[1] != "SLICERT_OK":
+                raise RuntimeError(f"no recovery: {ans}")
+            recover_ms.append((time.monotonic() - t_kill) * 1e3)
+            w.wait_ready(epoch_after=epoch)
+            ready_ms.append(float(ans[2]))
+            assert d.cmd("small 20") == "OK 20"
+    finally:
+        d.close()
+        log = w.stop()
+    starts = [
+        float(line.split(" ready ")[1].split(" ms")[0])
+        for line in log.splitlines()
+        if "slicert supervisor" in line and " ready " in line
+    ][1:]
+    return {
+        "kill_to_first_result_ms": recover_ms,
+        "median_ms": float(np.median(recover_ms)),
+        "supervisor_spawn_to_ready_ms": starts,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--block", type=int, default=500)
+    ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--embedded-frames", type=int, default=3000)
+    ap.add_argument(
+        "--rt-priority",
+        type=int,
+        default=10,
+        help="also measure with worker, client and baseline at SCHED_FIFO this priority (0: skip; "
+        "needs CAP_SYS_NICE), as an acquisition loop usually runs",
+    )
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from tests.firmware.fwutil import compile_driver
+
+    with tempfile.TemporaryDirectory(prefix="slicert-fw-bench-") as tmp:
+        tmp = Path(tmp)
+        bundle = a.bundle or tiny_bundle(tmp)
+        driver = compile_driver(tmp / "client_driver", sanitize=False)
+        load_before = os.getloadavg()
+        report = {
+            "bundle": str(bundle.name),
+            "frame": f"{H}x{W} uint16",
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+        }
+        report["isolated"] = bench_isolated(bundle, driver, a.rounds, a.block, a.rt_priority or None)
+        report["embedded"] = bench_embedded(bundle, tmp / "embedded", a.embedded_frames)
+        report["restart"] = bench_restart(bundle, driver, a.restarts)
+        report["loadavg_after"] = os.getloadavg()
+    iso = report["isolated"]
+    print(
+        f"\nSliceRT firmware figures ({report['bundle']}, {report['frame']}, load avg {load_before[0]:.1f})"
+    )
+    print(
+        "| isolated mode (C client -> worker) | in-process hot p50 / p99 | in-process paced p50 | round trip p50 / p99 "
+        "| overhead p50 vs hot / vs paced | worker frame p50 |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, r in iso.items():
+        print(
+            f"| {label} | {r['in_process_hot_us']['p50']:.1f} / {r['in_process_hot_us']['p99']:.1f} | "
+            f"{r['in_process_paced_us']['p50']:.1f} | {r['isolated_round_trip_us']['p50']:.1f} / "
+            f"{r['isolated_round_trip_us']['p99']:.1f} | {r['overhead_vs_hot_us']['p50']:.1f} / "
+            f"{r['overhead_vs_paced_us']['p50']:.1f} | {r['worker_frame_us_p50']:.1f} |"
+        )
+    print()
+    print("| embedded mode (same process) | p50 us | p99 us | over the Python loop, p50 us |")
+    print("|---|---|---|---|")
+    e = report["embedded"]
+    print(
+        f"| run_into from C++, GIL taken per call | {e['c_call_us_p50']:.1f} | {e['c_call_us_p99']:.1f} | "
+        f"{e['c_call_us_p50'] - e['py_call_us_p50']:.1f} |"
+    )
+    print(
+        f"| run_into from C++, GIL held by the thread | {e['c_gil_held_us_p50']:.1f} | - | "
+        f"{e['c_gil_held_us_p50'] - e['py_call_us_p50']:.1f} |"
+    )
+    print(f"| run_into from a Python loop | {e['py_call_us_p50']:.1f} | {e['py_call_us_p99']:.1f} | - |")
+    print(
+        f"embedded start-up: Py_Initialize {e['init_ms']:.0f} ms, import engine {e['import_ms']:.0f} ms, "
+        f"load bundle {e['load_ms']:.0f} ms"
+    )
+    r = report["restart"]
+    print(
+        f"worker restart (SIGKILL -> first result on the same client): median {r['median_ms']:.0f} ms "
+        f"({', '.join(f'{v:.0f}' for v in r['kill_to_first_result_ms'])}); supervisor spawn -> ready "
+        f"{', '.join(f'{v:.0f}' for v in r['supervisor_spawn_to_ready_ms'])} ms"
+    )
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
