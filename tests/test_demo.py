@@ -98,3 +98,27 @@ def test_second_run_reuses_cached_steps(demo_out):
     assert all(t["quantization"]["status"] == "cached" for t in report["tasks"].values())
     assert all(t["bundle"]["status"] == "cached" for t in report["tasks"].values())
     assert "cached" in proc.stdout
+
+
+def test_demo_flags_what_it_should_not_trust(demo_out):
+    """The simulated-lesion chest model on the real 15-bit chest CR: outside its intended inputs (refused under
+    the default policy) and, on its own, out of distribution; every task's trust fit measured per variant."""
+    out, stdout = demo_out
+    report = json.loads((out / "report.json").read_text())
+    cxr = report["tasks"]["cxr_nodule"]["real_dicom"]
+    assert "BitsStored 15 is not 12" in cxr["refused_by_default"]
+    assert cxr["trust"]["flagged"] and cxr["trust"]["ood"]["flag"], cxr["trust"]
+    assert cxr["trust"]["ood"]["score"] > cxr["trust"]["ood"]["threshold"]
+    assert "FLAGGED" in stdout
+    for task, t in report["tasks"].items():
+        variants = t["trust"]["summary"]["variants"]
+        assert "int8" in variants, task
+        for v, s in variants.items():
+            assert 0.0 <= s["false_alarm_test"] <= 0.25, (task, v, s["false_alarm_test"])
+            assert s["ece_test_before"] >= 0 and s["ece_test_after"] >= 0
+    run = json.loads((out / "bench" / "cxr_nodule.json").read_text())
+    sliced = [c for c in run["configurations"] if c["meta"].get("session_info", {}).get("trust")]
+    assert sliced and all(c["meta"].get("flagged_results", 0) > 0 for c in sliced)
+    with open(out / "report.md", encoding="utf-8") as f:
+        md = f.read()
+    assert "Trust signals" in md and "refused (IneligibleInput)" in md

@@ -203,8 +203,8 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
             verify_unchanged(onnx_bytes, extended)
     runner = _Runner(extended or onnx_bytes, threads)
     maha = None
+    train = _model_pass(runner, data.train[:MAX_TRAIN], task, out_name, None)
     if task == "classification" and extended is not None:
-        train = _model_pass(runner, data.train[:MAX_TRAIN], task, out_name, None)
         maha = fit_mahalanobis(train["features"], data.train_y[:MAX_TRAIN], len(data.labels))
     sets = {"val": data.val, "test": data.test, **data.ood}
     passes = {name: _model_pass(runner, x, task, out_name, maha, keep_seg_logits=name in ("val", "test"))
@@ -218,8 +218,16 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
         return {**input_signals[name], **{k: passes[name][k] for k in names if k in passes[name]}}
 
     val_sig = signals("val")
+    # Each statistic is normalized on train + validation (more anatomy: the CT splits are disjoint z-blocks
+    # of one patient), except the Mahalanobis distance, whose Gaussian was fitted on the train split (its
+    # distances there are optimistic): validation only. The threshold is set on the validation set alone.
+    train_sig = {**{k: v[:MAX_TRAIN] for k, v in input_signals["train"].items()},
+                 **{k: train[k] for k in names if k in train}}
+    norm_sig = {n: val_sig[n] if n == "mahalanobis" else np.concatenate([train_sig[n], val_sig[n]])
+                for n in names}
     # Mean and spread of the input can be wrong both ways; clipping, distances and uncertainty only upwards.
-    stats = [_normalizer(n, "two_sided" if n in ("input_mean", "input_std") else "upper", val_sig[n]) for n in names]
+    stats = [_normalizer(n, "two_sided" if n in ("input_mean", "input_std") else "upper", norm_sig[n])
+             for n in names]
     provisional = O.OODModel(stats, 1.0, FALSE_ALARM_TARGET, clip, maha)
     val_scores, _ = _scores(provisional, val_sig, len(data.val))
     threshold = float(np.quantile(val_scores, 1 - FALSE_ALARM_TARGET, method="higher"))
@@ -243,6 +251,11 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
                 counts[w] = counts.get(w, 0) + 1
         report["sets"][name] = {"n": len(s), "detection_rate": float(flagged.mean()) if len(s) else None,
                                 "auroc": _auroc(test_scores, s), "flagged_by": counts}
+    test_flags = {}
+    for w, sc in zip(scored["test"][1], test_scores):
+        if sc > model.threshold:
+            test_flags[w] = test_flags.get(w, 0) + 1
+    report["false_alarms_test_by"] = test_flags
     if pooled:
         allp = np.concatenate(pooled)
         report["pooled"] = {"n": len(allp), "detection_rate": float(np.mean(allp > model.threshold)),
@@ -282,8 +295,8 @@ def fit_trust(source_dir: str | Path, data: FitData, *, intended: dict | None, t
     lo = float(data.train.min())
     hi = float(data.train.max())
     clip = (lo, hi)
-    input_signals = {name: _input_stats(x, clip) for name, x in {"val": data.val, "test": data.test,
-                                                                  **data.ood}.items()}
+    input_signals = {name: _input_stats(x, clip) for name, x in {"train": data.train, "val": data.val,
+                                                                  "test": data.test, **data.ood}.items()}
     variants, report, fitted = {}, {}, {}
     outputs: dict[str, str] = {}
     for v in src.onnx:
@@ -345,7 +358,7 @@ def data_for(dataset_name: str, *, fast: bool, seed: int = 0, cache_dir=None, ot
         real_rows=[r for r in rows if "file" in r],
         description={"dataset": dataset_name, "honest_label": ds.card.get("honest_label"),
                      "fit": f"Mahalanobis means/covariance: train split (n={len(ds.splits['train'].images)}, "
-                            f"at most {MAX_TRAIN})",
+                            f"at most {MAX_TRAIN}); input statistics normalized on train + validation",
                      "threshold": f"validation set = val + calib splits (n={len(val)}), held out from training; "
                                   f"false-alarm target {FALSE_ALARM_TARGET:.0%}",
                      "temperature": f"validation set (n={len(val)})",

@@ -98,7 +98,7 @@ class TrustGuard:
                 if cam is None:
                     raise InputError(f"saliency=True: bundle {self.bundle_name}'s model has no class-activation "
                                      f"output (its classifier tail was not recognized at build time, or it was "
-                                     f"built without `slicert trust-fit`)")
+                                     f"built without tools/trust_fit.py)")
                 r.saliency = sal.class_activation_map(cam[index], int(np.argmax(r.scores)), src_hw, spec)
             else:
                 r.saliency = sal.confidence_map(raw, src_hw, spec, self.temperature)

@@ -11,9 +11,10 @@ Signals (each one number per slice, all from the pass that produced the answer):
   energy                  classifiers: -logsumexp(logits) (Liu et al., NeurIPS 2020), higher = less familiar;
   mean_uncertainty        segmenters: 1 - mean per-pixel max-softmax probability over a 1-in-16 pixel grid.
 
-Each statistic is normalized on the validation split: u = |v - centre| / scale (two-sided) or
-(v - centre) / scale (upper), with centre the validation median and scale the validation 95th
-percentile of the deviation, so u = 1 is each statistic's own 95th percentile. The score is the largest u;
+Each statistic is normalized on in-distribution data (tools/trust_fit.py: train + validation, the
+Mahalanobis distance on validation only): u = |v - centre| / scale (two-sided) or (v - centre) / scale
+(upper), with centre the median and scale the 95th percentile of the deviation, so u = 1 is each
+statistic's own 95th percentile. The score is the largest u;
 the threshold is the validation quantile of that score at the bundle's false-alarm target (5%). The
 reason names the statistic with the largest u and its in-distribution limit.
 
