@@ -25,6 +25,7 @@ class Orthanc:
 
     def __init__(self, root: Path):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
         self.log = root / "orthanc.log"

@@ -22,6 +22,7 @@ from .orthanc import Orthanc, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 120  # bound on every wait for results (the CI machine may be loaded)
+pytestmark = pytest.mark.timeout(900)  # a hard bound per test on top of every bounded wait
 
 
 @pytest.fixture(scope="module")

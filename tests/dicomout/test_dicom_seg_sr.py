@@ -259,3 +259,20 @@ def test_bad_requests_get_typed_errors(seg_session, cls_session, tmp_path):
 
     with pytest.raises(InputError, match="no model identity"):
         Result("segmentation", ["background", "x"]).to_dicom_sr(ct)
+
+
+def test_cli_dicom_out_writes_valid_seg_and_sr(dicom_bundles, tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"DICM" * 10)
+    files = [sample_file("CT_small.dcm"), sample_file("US1_UNCR.dcm"), str(bad)]
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "dicom-out", str(dicom_bundles["segmentation"]), *files,
+                        "--out", str(tmp_path / "out"), "--threads", "1"], check=False, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "bad.dcm: DicomError" in r.stderr  # the bad file is named, the others written
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["CT_small.seg.dcm", "CT_small.sr.dcm", "US1_UNCR.seg.dcm", "US1_UNCR.sr.dcm"]
+    for name in written:
+        validate(tmp_path / "out" / name)
