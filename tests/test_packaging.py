@@ -33,6 +33,8 @@ SERVED_BY_OTHER_EXTRA = {
     "tensorrt_lean": "gpu",
     "pyarrow": "batch",  # slicert batch
     "ray": "ray",  # slicert batch --ray
+    "highdicom": "dicom",  # DICOM SEG/SR out, slicert serve-dicom, slicert batch --dicom-out
+    "pynetdicom": "dicom",
 }
 # Import name -> distribution for optional packages that are not installed here (no GPU machine).
 NOT_INSTALLED_HERE = {"tensorrt": "tensorrt-cu13", "tensorrt_lean": "tensorrt-cu13"}

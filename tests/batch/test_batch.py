@@ -236,3 +236,34 @@ def test_ray_worker_killed_mid_job_every_file_once(ray_cluster, bundles, archive
     _check_against_session(t, _expected(bundles["seg"], archive), "segmentation",
                            ["background", "organ", "lesion"])
     assert s.files == DICOMS and s.failed == {}
+
+
+def test_dicom_out_writes_seg_and_sr_per_file(bundles, archive, tmp_path):
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    out, dcm = tmp_path / "r.parquet", tmp_path / "dicom-out"
+    run_batch(archive, bundles["seg"], out, dicom_out=dcm)
+    t = _table(out)
+    for f, frame, status, written, err in zip(t["file"], t["frame"], t["status"], t["dicom_out"],
+                                              t["dicom_out_error"]):
+        if status != "ok":
+            assert written is None
+            continue
+        if frame is not None and err is not None:
+            # emri_small.dcm has a Frame of Reference but no per-frame plane positions: its SEG cannot be
+            # placed, and the batch records that typed refusal instead of writing a misplaced SEG.
+            assert written is None and err.startswith("DicomError:") and "Plane Position" in err
+            continue
+        assert err is None, err
+        paths = written.split(";")
+        assert paths[-1] == str(dcm / (f + ".sr.dcm")) and any(p.endswith(".seg.dcm") or ".seg-" in p for p in paths)
+        sr = pydicom.dcmread(paths[-1])
+        src = pydicom.dcmread(archive / f, stop_before_pixels=True)
+        refs = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for ser in s.ReferencedSeriesSequence for r in ser.ReferencedSOPSequence}
+        assert src.SOPInstanceUID in refs
+    # UIDs derive from the file's and the bundle's hashes: a forced re-run writes the same objects.
+    first = pydicom.dcmread(dcm / "patientA" / "CT_small.dcm.sr.dcm").SOPInstanceUID
+    run_batch(archive, bundles["seg"], out, dicom_out=dcm, force=True)
+    assert pydicom.dcmread(dcm / "patientA" / "CT_small.dcm.sr.dcm").SOPInstanceUID == first

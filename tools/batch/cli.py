@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
                                                            "accuracy on this archive."),
         task_timeout: float = typer.Option(600.0, "--task-timeout", help="Seconds before a Ray task counts as "
                                                                          "hung and runs elsewhere."),
+        dicom_out: Path = typer.Option(None, "--dicom-out", help="Also write a DICOM SEG/SR per file here."),
         force: bool = typer.Option(False, "--force", help="Start over instead of resuming --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
                                     ray_address=None if ray in (None, "local") else ray, workers=workers,
                                     threads=threads, precision=precision, chunk_size=chunk,
                                     labels=str(labels) if labels else None, force=force, num_cpus=num_cpus,
-                                    task_timeout_s=task_timeout, progress=progress)
+                                    task_timeout_s=task_timeout, dicom_out=dicom_out, progress=progress)
         except SliceRTError as exc:
             typer.echo(f"error: {type(exc).__name__}: {safe(str(exc))}", err=True)
             raise typer.Exit(code=2) from None

@@ -31,8 +31,8 @@ class InProcessExecutor:
 
     name = "in-process"
 
-    def __init__(self, bundle: str, *, threads: int = 1, precision: str = "best"):
-        self.bundle, self.threads, self.precision = bundle, threads, precision
+    def __init__(self, bundle: str, *, threads: int = 1, precision: str = "best", dicom_out: str | None = None):
+        self.bundle, self.threads, self.precision, self.dicom_out = bundle, threads, precision, dicom_out
         self.workers = 1
         self.startup_s = 0.0
         self.worker_deaths = 0
@@ -41,7 +41,7 @@ class InProcessExecutor:
     def start(self) -> None:
         t0 = time.perf_counter()
         self._worker = BatchWorker(self.bundle, threads=self.threads, precision=self.precision,
-                                   worker=f"in-process:{os.getpid()}")
+                                   worker=f"in-process:{os.getpid()}", dicom_out=self.dicom_out)
         self.startup_s = time.perf_counter() - t0
 
     def map(self, chunks: list[Chunk]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -60,12 +60,12 @@ class InProcessExecutor:
 class _RayWorker:
     """The actor body: one BatchWorker (one loaded Session) per actor process."""
 
-    def __init__(self, bundle: str, threads: int, precision: str):
+    def __init__(self, bundle: str, threads: int, precision: str, dicom_out: str | None):
         import ray
 
         ctx = ray.get_runtime_context()
         name = f"ray:{ctx.get_node_id()[:8]}:{os.getpid()}"
-        self.worker = BatchWorker(bundle, threads=threads, precision=precision, worker=name)
+        self.worker = BatchWorker(bundle, threads=threads, precision=precision, worker=name, dicom_out=dicom_out)
 
     def pid(self) -> int:
         return os.getpid()
@@ -81,7 +81,8 @@ class RayExecutor:
 
     def __init__(self, bundle: str, *, address: str | None = None, workers: int = 2, threads: int = 1,
                  precision: str = "best", num_cpus: int | None = None, max_retries: int = 3,
-                 task_timeout_s: float = 600.0):
+                 task_timeout_s: float = 600.0, dicom_out: str | None = None):
+        self.dicom_out = dicom_out
         self.bundle, self.address, self.workers, self.threads = bundle, address, workers, threads
         self.precision, self.num_cpus, self.max_retries, self.task_timeout_s = (precision, num_cpus, max_retries,
                                                                                 task_timeout_s)
@@ -95,7 +96,7 @@ class RayExecutor:
     def _new_actor(self):
         import ray
 
-        actor = self._cls.remote(self.bundle, self.threads, self.precision)
+        actor = self._cls.remote(self.bundle, self.threads, self.precision, self.dicom_out)
         self._pids[actor] = ray.get(actor.pid.remote(), timeout=self.task_timeout_s)
         return actor
 

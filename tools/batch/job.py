@@ -52,14 +52,15 @@ def _bundle_identity(bundle: Path) -> tuple[str, list[str], str]:
 
 
 def make_executor(kind: str, bundle: str, *, workers: int | None, threads: int, precision: str,
-                  address: str | None, num_cpus: int | None, task_timeout_s: float):
+                  address: str | None, num_cpus: int | None, task_timeout_s: float, dicom_out: str | None):
     from tools.batch import executors
 
     if kind == "in-process":
-        return executors.InProcessExecutor(bundle, threads=threads, precision=precision)
+        return executors.InProcessExecutor(bundle, threads=threads, precision=precision, dicom_out=dicom_out)
     if kind == "ray":
         return executors.RayExecutor(bundle, address=address, workers=workers or 2, threads=threads,
-                                     precision=precision, num_cpus=num_cpus, task_timeout_s=task_timeout_s)
+                                     precision=precision, num_cpus=num_cpus, task_timeout_s=task_timeout_s,
+                                     dicom_out=dicom_out)
     raise ValueError(f"unknown executor {kind!r}")
 
 
@@ -67,13 +68,15 @@ def run_batch(input: str | os.PathLike[str], bundle: str | os.PathLike[str], out
               executor: str = "in-process", ray_address: str | None = None, workers: int | None = None,
               threads: int = 1, precision: str = "best", chunk_size: int = 8, labels: str | None = None,
               force: bool = False, num_cpus: int | None = None, task_timeout_s: float = 600.0,
+              dicom_out: str | os.PathLike[str] | None = None,
               progress: Progress | None = None, on_chunk: Callable[[Any], None] | None = None) -> BatchSummary:
     """Run `bundle` over every DICOM file of `input` and write one Parquet table to `out`.
 
     executor: "in-process" (default; no Ray needed) or "ray" (`ray_address`=None starts a local
     cluster of `num_cpus` CPUs; `workers` actors, each with one Session of `threads` threads).
     A re-run with the same `out` skips files already done (same name, same bytes, same bundle);
-    `force` starts over. `labels`: a CSV (file,label or SOPInstanceUID,label) scored into `accuracy`.
+    `force` starts over. `dicom_out`: also write a DICOM SEG (segmentation) and a TID 1500 SR per file
+    under this folder (the `dicom` extra), named after the file. `labels`: a CSV (file,label or SOPInstanceUID,label) scored into `accuracy`.
     `on_chunk(executor)` is called after each finished chunk (tests use it to kill a worker).
     """
     from engine.errors import InputError
@@ -94,7 +97,8 @@ def run_batch(input: str | os.PathLike[str], bundle: str | os.PathLike[str], out
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
 
     ex = make_executor(executor, str(bundle), workers=workers, threads=threads, precision=precision,
-                       address=ray_address, num_cpus=num_cpus, task_timeout_s=task_timeout_s)
+                       address=ray_address, num_cpus=num_cpus, task_timeout_s=task_timeout_s,
+                       dicom_out=None if dicom_out is None else str(Path(dicom_out).resolve()))
     n_done = len(files) - len(todo)
     n_rows = 0
     t_work = 0.0

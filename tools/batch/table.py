@@ -19,7 +19,7 @@ from engine.errors import OutputExists
 FIXED_HEAD = ("file", "frame", "status", "label")
 FIXED_TAIL = ("ood_flag", "ood_score", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
               "read_ms", "decode_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "total_ms", "worker",
-              "error_class", "error_message", "file_sha256", "bundle_sha256", "task")
+              "error_class", "error_message", "dicom_out", "dicom_out_error", "file_sha256", "bundle_sha256", "task")
 
 
 def schema(task: str, labels: list[str]):

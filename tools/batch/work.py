@@ -34,8 +34,10 @@ class BatchWorker:
     """Holds one Session for `bundle_path` and runs files through it."""
 
     def __init__(self, bundle_path: str | os.PathLike[str], *, threads: int = 1, precision: str = "best",
-                 worker: str | None = None):
+                 worker: str | None = None, dicom_out: str | os.PathLike[str] | None = None):
         import engine
+
+        self.dicom_out = None if dicom_out is None else Path(dicom_out)
 
         self.session = engine.load(bundle_path, threads=threads, precision=precision)
         self.bundle_sha256 = file_sha256(Path(bundle_path))
@@ -87,7 +89,7 @@ class BatchWorker:
                "series_instance_uid": _uid(ds, "SeriesInstanceUID")}
         multi = hasattr(img, "__len__")
         frames = iter(img if multi else [img])  # a FrameSequence decodes each frame when it is reached
-        rows = []
+        rows, results = [], []
         for k in range(len(img) if multi else 1):
             t1 = time.perf_counter()
             sl = next(frames)
@@ -104,7 +106,39 @@ class BatchWorker:
                 row[f"{s}_ms"] = tm[s]
             row["total_ms"] = row["read_ms"] + row["decode_ms"] + tm["preprocess"] + tm["infer"] + tm["postprocess"]
             rows.append(row)
+            if self.dicom_out is not None:
+                results.append(r)
+        if self.dicom_out is not None:
+            written, error = self._write_dicom(name, ds, results, base["file_sha256"])
+            for row in rows:
+                row["dicom_out"], row["dicom_out_error"] = written, error
         return rows
+
+    def _write_dicom(self, name: str, ds, results: list, content_sha256: str) -> tuple[str | None, str | None]:
+        """SEG(s) (segmentation) and a TID 1500 SR for one file's results under dicom_out, mirroring the
+        archive's folders. UIDs derive from the file's and the bundle's SHA-256, so a re-run writes the
+        same objects. Returns (';'-joined paths, None) or (None, the typed error that stopped it)."""
+        from engine.dicomout.seg import build_segs
+        from engine.dicomout.sr import build_sr
+        from engine.errors import SliceRTError
+
+        seed = f"{content_sha256}:{self.bundle_sha256}"
+        try:
+            segs = build_segs(results, ds, uid_seed=seed) if self.task == "segmentation" else None
+            sr = build_sr(results, ds, segs=segs, uid_seed=seed)
+        except SliceRTError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        objects = [(f".seg{'' if len(segs) == 1 else f'-{i + 1}'}.dcm", seg) for i, seg in enumerate(segs or [])]
+        objects.append((".sr.dcm", sr))
+        paths = []
+        for suffix, obj in objects:
+            path = self.dicom_out / (name + suffix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            obj.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, path)
+            paths.append(str(path))
+        return ";".join(paths), None
 
     def _fill_result(self, row: dict[str, Any], r) -> None:
         row["label"] = r.label
