@@ -169,10 +169,12 @@ def _resolve_variant(bundle: Bundle, precision: str, backend: str) -> str:
         # Never a variant whose accuracy gate failed for this backend, whatever the manifest's default
         # says (validate_manifest refuses such a default; this also covers a per-backend form's gate).
         default = (bundle.manifest.get("default_variant") or {}).get(backend)
-        if default in variants and fmt.gate_failed(variants[default], backend) is None:
+        cls = backend_class(backend)
+        if default in variants and fmt.gate_failed(variants[default], backend) is None and \
+                cls.runs_variant(bundle, default):  # e.g. a bf16 default on a CPU without bf16
             return default
         for v in fmt.BEST_ORDER[backend] + tuple(variants):
-            if v in variants and fmt.gate_failed(variants[v], backend) is None:
+            if v in variants and fmt.gate_failed(variants[v], backend) is None and cls.runs_variant(bundle, v):
                 return v
         raise AccuracyGateError(f"bundle {bundle.path.name}: every variant failed its accuracy gate for {backend} ("
                                 + "; ".join(f"{v}: {fmt.gate_failed(e, backend)}" for v, e in variants.items())
@@ -187,8 +189,11 @@ def _resolve_variant(bundle: Bundle, precision: str, backend: str) -> str:
 
 def _select_backend(bundle: Bundle, backend: str, precision: str, options: dict[str, Any]):
     if backend == "auto":
+        from engine.backends.cpu_choice import auto_order
+
         skipped = []
-        for name in backend_names():
+        order, cpu_why = auto_order(bundle, precision, backend_names())
+        for name in order:
             cls = backend_class(name)
             ok, why = cls.availability()
             if not ok:
@@ -202,6 +207,8 @@ def _select_backend(bundle: Bundle, backend: str, precision: str, options: dict[
             reason = f"auto: chose {name} ({why})"
             if skipped:
                 reason += "; " + "; ".join(skipped)
+            if cpu_why and name != "tensorrt":
+                reason += f"; {cpu_why}"
             return cls, variant, reason
         raise BackendUnavailable("no backend can run this bundle here: " + "; ".join(skipped))
     if not isinstance(backend, str):

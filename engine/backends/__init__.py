@@ -1,4 +1,5 @@
-"""Backend registry: TensorRT (GPU) first, ONNX Runtime (CPU) last, as in ggml's backend registry.
+"""Backend registry: TensorRT (GPU) first, then the CPU backends, as in ggml's backend registry.
+"auto" orders the two CPU backends per bundle (OpenVINO or ONNX Runtime first; engine/backends/cpu_choice.py).
 
 Listing the registry imports no heavy library: each backend answers `availability()` from package
 metadata and the native CUDA probe, and imports tensorrt/onnxruntime only when activated.
@@ -13,6 +14,7 @@ from engine.errors import BackendUnavailable, InputError
 # Priority order; the CPU backend is last so "auto" prefers an accelerator when one can run the bundle.
 _BACKENDS = {
     "tensorrt": "engine.backends.tensorrt:TensorRTBackend",
+    "openvino": "engine.backends.openvino:OpenVINOBackend",
     "onnxruntime": "engine.backends.onnxruntime:OnnxRuntimeBackend",
 }
 

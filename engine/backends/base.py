@@ -60,6 +60,13 @@ class Backend(abc.ABC):
     def supports(cls, bundle, variant: str | None = None) -> tuple[bool, str]:
         """(can run this bundle [variant], reason)."""
 
+    @classmethod
+    def runs_variant(cls, bundle, variant: str) -> bool:
+        """Cheap and static (no device query): does the bundle carry a form of `variant` this backend runs?
+        A variant entry may restrict itself to some backends (`backends`, e.g. bf16 is OpenVINO-only)."""
+        allowed = bundle.variants[variant].get("backends")
+        return allowed is None or cls.name in allowed
+
     # -- lifecycle -------------------------------------------------------------------------------
     @property
     def is_active(self) -> bool:

@@ -100,6 +100,8 @@ class OnnxRuntimeBackend(Backend):
         variants = bundle.variants
         if variant is not None and variant not in variants:
             return False, f"the bundle has no {variant} variant (it has {sorted(variants)})"
+        if variant is not None and not cls.runs_variant(bundle, variant):
+            return False, f"the {variant} variant is for {variants[variant].get('backends')} only"
         return True, "runs every ONNX variant on the CPU"
 
     # -- model choice ----------------------------------------------------------------------------

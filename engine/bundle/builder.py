@@ -165,7 +165,7 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  target: str = "auto", meta: str | os.PathLike[str] | None = None, hardware_compat: str = "none",
                  version_compatible: bool = False, dla_core: int | None = None, max_batch: int = 1,
                  force: bool = False, workspace_mb: int = 1024, optimization_level: int = 3,
-                 timing_cache: str | os.PathLike[str] | None = None, device: int = 0,
+                 timing_cache: str | os.PathLike[str] | None = None, device: int = 0, time_cpu: bool = False,
                  build_threads: int = 1, tf32: bool = True, sign_key=None) -> BuildReport:
     """Build one `.slicert` bundle from a model file, an export folder or a quantizer folder.
 
@@ -287,9 +287,12 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     if src.accuracy_report_path is not None:
         members["reports/accuracy_report.json"] = src.accuracy_report_path.read_bytes()
 
-    default_variant = {}
-    for backend, order in fmt.BEST_ORDER.items():
-        default_variant[backend] = next(v for v in order + tuple(variants) if v in variants)
+    # OpenVINO's NNCF INT8 IR and BF16 variant, each only if its gate passed (engine/bundle/openvino_build.py).
+    from engine.bundle.openvino_build import add_openvino_variants, static_defaults
+
+    variants = variants + add_openvino_variants(src, precision, variant_entries, members, excluded, notes,
+                                                ref["input"]["shape"][1:])
+    default_variant = static_defaults(variant_entries)
 
     task = src.meta["task"]
     postprocess = src.meta.get("postprocess") or ("softmax" if task == "classification" else "argmax")
@@ -332,6 +335,10 @@ def build_bundle(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     }
     if not variants:
         raise BundleError("nothing to bundle")
+    if time_cpu and build_cpu:  # `best` = fastest that passed, measured here (engine/bundle/cpu_timing.py)
+        from engine.bundle.cpu_timing import measure_into
+
+        measure_into(manifest, members, threads=build_threads)
     path = write_bundle(out, manifest, members, force=force, sign_key=sign_key)
     return BuildReport(path=path, variants=variants, engines=engines, engines_not_built=engines_not_built,
                        excluded=excluded, notes=notes, manifest=manifest)

@@ -11,6 +11,7 @@ Layout (schema version 1):
     onnx/model.<variant>.onnx                      variant in VARIANTS (TensorRT Q/DQ form when quantized)
     onnx/model.<variant>.cpu.onnx                  ONNX Runtime CPU Q/DQ form of a quantized variant
     ort/model.<variant>.ort.onnx                   the CPU model optimized offline (ORT_ENABLE_ALL)
+    openvino/model.<variant>.xml | .bin            OpenVINO IR of a quantized variant (NNCF INT8)
     engines/trt-<major.minor>/<key>.<variant>.plan key = sm_<cc> | ampere+ (hardware-compatible)
     engines/trt-<major.minor>/<key>.<variant>.timing.cache | .build.log | .layers.json
     reports/accuracy_report.json                   the quantizer's report, verbatim (when given)
@@ -36,14 +37,18 @@ MANIFEST = "manifest.json"
 ALIGNMENT = 4096  # member data alignment in bytes (one page)
 
 TASKS = ("classification", "segmentation")
-VARIANTS = ("fp32", "fp16", "int8", "mixed")
+# bf16: the FP32 model run with OpenVINO's bf16 inference precision (CPUs with AMX/AVX512-BF16 only).
+VARIANTS = ("fp32", "fp16", "int8", "mixed", "bf16")
 POSTPROCESS = {"classification": ("softmax", "sigmoid", "identity"), "segmentation": ("argmax",)}
 VOI_POLICIES = ("dicom", "model")
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
 
 # Preference order when the caller asks for precision="best". A variant that failed its accuracy gate
 # is never picked. On CPU, FP16 is last: ONNX Runtime's CPU provider runs most FP16 ops through casts.
-BEST_ORDER = {"tensorrt": ("int8", "mixed", "fp16", "fp32"), "onnxruntime": ("int8", "mixed", "fp32", "fp16")}
+# Used only when the bundle records no measured CPU timings (`slicert build` measures them, see
+# engine/bundle/cpu_timing.py): then the manifest's default_variant is the fastest variant that passed.
+BEST_ORDER = {"tensorrt": ("int8", "mixed", "fp16", "fp32"), "onnxruntime": ("int8", "mixed", "fp32", "fp16"),
+              "openvino": ("int8", "mixed", "bf16", "fp32", "fp16")}
 
 _MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*(/[A-Za-z0-9][A-Za-z0-9._+\-]*)*$")
 
@@ -71,6 +76,11 @@ def onnx_cpu_member(variant: str) -> str:
 
 def ort_member(variant: str) -> str:
     return f"ort/model.{variant}.ort.onnx"
+
+
+def openvino_members(variant: str) -> dict[str, str]:
+    """The OpenVINO IR of a variant: topology (.xml) and weights (.bin), both bundle members."""
+    return {"xml": f"openvino/model.{variant}.xml", "bin": f"openvino/model.{variant}.bin"}
 
 
 def trt_dir(trt_version: str) -> str:
@@ -200,6 +210,13 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         _member_ref(entry, "onnx", members, where, required=True)
         _member_ref(entry, "onnx_cpu", members, where)
         _member_ref(entry, "ort", members, where)
+        ov_form = _optional(entry, "openvino", dict, where)
+        if ov_form is not None:
+            _member_ref(ov_form, "xml", members, where + "openvino.", required=True)
+            _member_ref(ov_form, "bin", members, where + "openvino.", required=True)
+        only = _optional(entry, "backends", list, where)
+        if only is not None and not all(isinstance(b, str) for b in only):
+            raise BundleError(f"manifest.json: {where}backends must be a list of backend names")
         gate = _optional(entry, "accuracy_gate", dict, where)
         if gate is not None:
             if gate.get("passed") not in (True, False, None):
@@ -219,6 +236,16 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         if failed:
             raise BundleError(f"manifest.json: default_variant.{backend} names {variant!r}, whose {failed}; a "
                               f"default must be a variant that passed")
+    timings = _optional(manifest, "cpu_timings", dict, "")
+    if timings is not None:
+        _need(timings, "cpu_model", str, "cpu_timings.")
+        _need(timings, "cpu_flags", list, "cpu_timings.")
+        for backend, per_variant in _need(timings, "median_ms", dict, "cpu_timings.").items():
+            if not isinstance(per_variant, dict) or not all(
+                    v in variants and isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms > 0
+                    for v, ms in per_variant.items()):
+                raise BundleError(f"manifest.json: cpu_timings.median_ms.{backend} must map variants of this "
+                                  f"bundle to positive milliseconds")
     ort = _optional(manifest, "ort", dict, "")
     if ort is not None:
         _optional(ort, "version", str, "ort.")

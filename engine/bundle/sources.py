@@ -24,6 +24,8 @@ _VARIANT_FILES = {"fp32": ("model.fp32.onnx", "model.onnx"), "fp16": ("model.fp1
 # TensorRT's explicit-quantization rules (INT8 activations, zero point 0); model.<v>.ort.onnx is the
 # ONNX Runtime CPU form (UINT8 activations, integer kernels). The CPU backend runs the latter.
 _CPU_FORM_FILES = {"int8": "model.int8.ort.onnx", "mixed": "model.mixed.ort.onnx"}
+# OpenVINO's own INT8 form (tools/quantize/openvino_forms.py): NNCF IR, topology + weights.
+_OPENVINO_FILES = {"int8": ("model.int8.openvino.xml", "model.int8.openvino.bin")}
 _REPORT_NAMES = ("accuracy_report.json",)
 # Keys under which a quantizer report may point back at the export it started from.
 _REPORT_EXPORT_KEYS = ("export_dir", "source_dir", "source", "model_dir")
@@ -40,6 +42,7 @@ class ModelSource:
     accuracy_report: dict[str, Any] | None = None
     accuracy_report_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    openvino: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # variant -> OpenVINO IR (.xml, .bin)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -113,6 +116,7 @@ def resolve_source(source: str | Path, meta: str | Path | None = None) -> ModelS
     notes: list[str] = []
     report: dict[str, Any] | None = None
     report_path: Path | None = None
+    openvino: dict[str, tuple[Path, Path]] = {}
     if src.is_file():
         if src.suffix != ".onnx":
             raise InputError(f"{src}: expected an .onnx model or a toolchain/quantizer output folder")
@@ -132,6 +136,8 @@ def resolve_source(source: str | Path, meta: str | Path | None = None) -> ModelS
                 onnx[v] = p
                 notes.append(f"{v}: only the ONNX Runtime form {p.name} exists; a TensorRT engine would need "
                              f"model.{v}.onnx (TensorRT's Q/DQ rules)")
+        openvino = {v: (folder / x, folder / b) for v, (x, b) in _OPENVINO_FILES.items()
+                    if (folder / x).is_file() and (folder / b).is_file()}
         for name in _REPORT_NAMES:
             if (folder / name).is_file():
                 report_path = folder / name
@@ -167,9 +173,22 @@ def resolve_source(source: str | Path, meta: str | Path | None = None) -> ModelS
         raise InputError(f"no ONNX model in {src} (expected one of "
                          f"{sorted({n for names in _VARIANT_FILES.values() for n in names})})")
     if report is not None and report_path is not None:
-        _check_report_describes(report, report_path, [*onnx.values(), *onnx_cpu.values()], notes)
+        _check_report_describes(report, report_path, [*onnx.values(), *onnx_cpu.values(),
+                                                      *(x for x, _ in openvino.values())], notes)
+        _check_weights_described(report, openvino)
     return ModelSource(onnx=onnx, onnx_cpu=onnx_cpu, meta=meta_dict, meta_path=meta_path, accuracy_report=report,
-                       accuracy_report_path=report_path, notes=notes)
+                       accuracy_report_path=report_path, notes=notes, openvino=openvino)
+
+
+def _check_weights_described(report: dict[str, Any], openvino: dict[str, tuple[Path, Path]]) -> None:
+    """An IR's .bin must be the weights the quantizer gated with its .xml (variants.<v>_ov.weights_sha256)."""
+    variants = report.get("variants") if isinstance(report.get("variants"), dict) else {}
+    for v, (_xml, weights) in openvino.items():
+        entry = variants.get(f"{v}_ov")
+        expected = entry.get("weights_sha256") if isinstance(entry, dict) else None
+        if isinstance(expected, str) and _sha256(weights) != expected.lower():
+            raise InputError(f"{weights} is not the weights file the accuracy report gated (variants.{v}_ov."
+                             f"weights_sha256 {expected[:16]}...); rerun `slicert quantize --force` on this folder")
 
 
 def _sha256(path: Path) -> str:
@@ -213,13 +232,13 @@ def gate_status(report: dict[str, Any] | None, variant: str, form: str = "tensor
 
     FP32 is the reference and always passes. Report fields read (contract 6, tools/quantize):
     variants.<name>.passed (bool), .accepted_loss (bool), .reason (str); the ONNX Runtime CPU form of a
-    quantized variant is reported as variants.<name>_ort.
+    quantized variant is reported as variants.<name>_ort, its OpenVINO form (and bf16) as variants.<name>_ov.
     """
     if variant == "fp32":
         return True, "reference model"
     if report is None:
         return None, "no accuracy report given"
-    key = f"{variant}_ort" if form == "onnxruntime" else variant
+    key = {"onnxruntime": f"{variant}_ort", "openvino": f"{variant}_ov"}.get(form, variant)
     variants = report.get("variants") if isinstance(report.get("variants"), dict) else {}
     entry = variants.get(key)
     if not isinstance(entry, dict):

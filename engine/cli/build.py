@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace an existing bundle file."),
         sign: Path | None = typer.Option(None, "--sign", help="Ed25519 private key (PEM, `slicert keygen`) that "
                                                                  "signs the bundle's manifest."),
+        time_cpu: bool = typer.Option(True, "--time-cpu/--no-time-cpu",
+                                      help="Time every gated variant on every CPU backend here; `best` = fastest."),
     ) -> None:
         """Compile a model into one self-describing, checksummed bundle (.slicert)."""
         from rich.console import Console
@@ -55,7 +57,8 @@ def register(app: typer.Typer) -> None:
                                       hardware_compat=hardware_compat, version_compatible=version_compatible,
                                       dla_core=dla_core, max_batch=max_batch, force=force, workspace_mb=workspace_mb,
                                       optimization_level=optimization_level, timing_cache=timing_cache,
-                                      sign_key=sign)
+                                      sign_key=sign,
+                                      time_cpu=time_cpu)
         except SliceRTError as exc:
             from engine.cli.safe_text import safe
 
@@ -72,6 +75,11 @@ def register(app: typer.Typer) -> None:
             console.print(escape(f"  engine: {e['plan']} ({e['device_name']}, TensorRT {e['trt_version']})"))
         if report.engines_not_built:
             console.print(escape(f"  no TensorRT engine: {report.engines_not_built}"))
+        timed = report.manifest.get("cpu_timings") or {}
+        for backend, per_variant in (timed.get("median_ms") or {}).items():
+            cells = ", ".join(f"{v} {ms:.2f} ms" for v, ms in sorted(per_variant.items(), key=lambda kv: kv[1]))
+            console.print(escape(f"  {backend} ({timed['threads']} thread(s)): {cells}; best = "
+                                 f"{report.manifest['default_variant'].get(backend)}"))
         for note in report.notes:
             console.print(escape(f"  note: {note}"))
         if sign is not None:

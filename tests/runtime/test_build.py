@@ -24,7 +24,8 @@ def test_quantize_folder_bundles_every_passing_variant(cls_bundle, model_dirs):
     with open_bundle(cls_bundle) as b:
         m = b.manifest
         assert sorted(m["variants"]) == ["fp16", "fp32", "int8"]
-        assert m["default_variant"] == {"onnxruntime": "int8", "tensorrt": "int8"}
+        # OpenVINO: the fixture's INT8 has no OpenVINO (NNCF) form, so its untimed default is FP32.
+        assert m["default_variant"] == {"onnxruntime": "int8", "tensorrt": "int8", "openvino": "fp32"}
         for v, e in m["variants"].items():
             assert b.has(e["onnx"]) and b.has(e["ort"])
             assert e["ort_verification"]["max_abs_err_vs_source"] <= 1e-4

@@ -54,15 +54,15 @@ def test_auto_chooses_cpu_and_says_why(cls_bundle):
 def test_explicit_unavailable_backend_lists_what_is_available(cls_bundle):
     if engine.backends.backend_class("tensorrt").availability()[0]:
         pytest.skip("TensorRT can run here")
-    with pytest.raises(BackendUnavailable, match=r"backend 'tensorrt' cannot run here: .*Available: \['onnxruntime'\]"):
+    with pytest.raises(BackendUnavailable, match=r"backend 'tensorrt' cannot run here: .*Available: \['openvino', 'onnxruntime'\]"):
         engine.load(cls_bundle, backend="tensorrt")
-    with pytest.raises(InputError, match=r"unknown backend 'cuda'; choose 'auto' or one of \['tensorrt', 'onnxruntime'\]"):
+    with pytest.raises(InputError, match=r"unknown backend 'cuda'; choose 'auto' or one of \['tensorrt', 'openvino', 'onnxruntime'\]"):
         engine.load(cls_bundle, backend="cuda")
 
 
 def test_available_backends_status_strings():
     status = engine.backends.available_backends()
-    assert list(status) == ["tensorrt", "onnxruntime"]  # priority order, CPU last
+    assert list(status) == ["tensorrt", "openvino", "onnxruntime"]  # priority order, CPU last
     assert status["onnxruntime"].startswith("available: CPUExecutionProvider")
     if _native.cuda_devices()[0] == 0:
         assert status["tensorrt"].startswith("unavailable: ") and _native.cuda_devices()[1] in status["tensorrt"]
@@ -374,7 +374,7 @@ def test_tampered_bundle_refused_at_load(cls_bundle, tmp_path):
 def test_import_engine_is_light_until_a_backend_runs(cls_bundle):
     code = f"""
 import sys, engine, engine.session, engine.bundle, engine.backends
-heavy = lambda: sorted(m for m in ('torch', 'tensorrt', 'tensorrt_lean', 'onnxruntime', 'pydicom', 'onnx')
+heavy = lambda: sorted(m for m in ('torch', 'tensorrt', 'tensorrt_lean', 'onnxruntime', 'openvino', 'pydicom', 'onnx')
                        if m in sys.modules)
 print(heavy())
 engine.backends.available_backends()

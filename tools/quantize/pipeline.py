@@ -24,6 +24,7 @@ from tools.quantize import cpu_speed, graph, int8, metrics, runner, sensitivity
 from tools.quantize import data as data_mod
 from tools.quantize import fp16 as fp16_mod
 from tools.quantize import gate as gate_mod
+from tools.quantize import openvino_forms
 from tools.quantize import report as report_mod
 
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8_ort": "model.int8.ort.onnx",
@@ -109,7 +110,7 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
                     calib_n: int = data_mod.MIN_CALIB_SLICES, budget_auc: float = gate_mod.DEFAULT_BUDGET_AUC,
                     budget_dice: float = gate_mod.DEFAULT_BUDGET_DICE, accept_loss: bool = False,
                     force: bool = False, percentile: float = calib_mod.DEFAULT_PERCENTILE,
-                    max_excluded: int | None = None, cpu_speed_check: bool = True,
+                    max_excluded: int | None = None, cpu_speed_check: bool = True, openvino: bool = True,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Quantize a toolchain export (model.onnx + model.json) into FP16/INT8/mixed models and an accuracy report.
 
@@ -136,7 +137,8 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
     input_hashes = {p.name: graph.sha256_file(p) for p in (src_path, export_dir / "model.json") if p.is_file()}
     model = graph.load_fp32_model(src_path)
     chw = graph.input_shape(model)
-    all_outputs = list(FILES.values()) + [REPORT_JSON, REPORT_MD]
+    all_outputs = list(FILES.values()) + [f for fs in openvino_forms.FILES.values() for f in fs] + [REPORT_JSON,
+                                                                                                   REPORT_MD]
     report_mod.check_outputs(out_dir, all_outputs, force)
 
     say("preparing data (engine.preprocess)")
@@ -201,6 +203,20 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
                     results[key], _ = _evaluate(key, m, ds.test, task, labels, threshold, ref_test, boot)
                     gates[key] = gate_mod.check(key, results[key], results["fp32"], metric, budget)
 
+        # OpenVINO's own forms (NNCF INT8 IR, BF16 where the CPU has it), gated the same way; a failed one is
+        # simply not written (the other backends' forms are unaffected). openvino=False skips the step.
+        ov_forms = openvino_forms.OpenVINOForms(skipped={"int8_ov": "skipped (openvino=False)"})
+        if openvino:
+            val_base = sensitivity.gate_metric_value(task, ds.val.y, ref_val, labels, threshold, metric)
+            ov_forms = openvino_forms.build(
+                src_path, ds, results_fp32=results["fp32"], say=say,
+                evaluate=lambda k, out: metrics.evaluate(task, ds.test.y, out, labels=labels, threshold=threshold,
+                                                         reference=ref_test, boot=boot),
+                gate=lambda k, res: gate_mod.check(k, res, results["fp32"], metric, budget),
+                val_ok=lambda out: val_base - sensitivity.gate_metric_value(task, ds.val.y, out, labels, threshold,
+                                                                            metric) <= budget,
+                ranking=[r.layer for r in ranking], max_fp32_layers=cap)
+
         # Which INT8 family ships: full INT8 if both forms pass, else mixed if both forms pass.
         int8_ok = gates["int8"]["passed"] and gates["int8_ort"]["passed"]
         mixed_ok = bool(excluded) and gates["mixed"]["passed"] and gates["mixed_ort"]["passed"]
@@ -232,6 +248,11 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
         fam = "mixed" if (mixed_ok or (accept_loss and excluded and not int8_ok)) else "int8"
         if fam in write and f"{fam}_ort" in write:
             deliverables[fam] = {"tensorrt": FILES[fam], "onnxruntime": FILES[f"{fam}_ort"]}
+        variants.update(ov_forms.entries)
+        if openvino_forms.FILES["int8_ov"][0] in ov_forms.files:
+            deliverables.setdefault("int8", {})["openvino"] = openvino_forms.FILES["int8_ov"][0]
+        if ov_forms.entries.get("bf16_ov", {}).get("passed"):
+            deliverables["bf16"] = {"openvino": "model.onnx (FP32) with INFERENCE_PRECISION_HINT=bf16"}
 
         rep: dict[str, Any] = {
             "schema": report_mod.SCHEMA,
@@ -264,12 +285,15 @@ def quantize_export(export_dir: str | Path, out_dir: str | Path, *, dataset: Any
             "mixed_search": search,
             "max_excluded": cap,
             "deliverables": deliverables,
+            "openvino": {"skipped": ov_forms.skipped,
+                         "calibration": "the same calib split as the ONNX Runtime/TensorRT INT8 forms"},
             "environment": _environment(),
             "notes": _notes(ds, task),
         }
         say("writing outputs")
-        _publish(out_dir, {FILES[k]: models[k].SerializeToString() for k in sorted(write)}, rep,
-                 stale=[FILES[k] for k in FILES if k not in write])
+        _publish(out_dir, {**{FILES[k]: models[k].SerializeToString() for k in sorted(write)}, **ov_forms.files}, rep,
+                 stale=[FILES[k] for k in FILES if k not in write]
+                 + [f for fs in openvino_forms.FILES.values() for f in fs if f not in ov_forms.files])
 
     after = {p: graph.sha256_file(export_dir / p) for p in input_hashes}
     if after != input_hashes:  # never expected: this code only reads the export folder
@@ -293,7 +317,8 @@ def _publish(out_dir: Path, model_bytes: dict[str, bytes], rep: dict[str, Any], 
         by_file = {v.get("file"): k for k, v in rep["variants"].items() if v.get("file")}
         for name, data in model_bytes.items():
             report_mod.write_atomic(staging / name, data)
-            rep["variants"][by_file[name]]["sha256"] = graph.sha256_file(staging / name)
+            if name in by_file:  # an IR's .bin is recorded with its .xml (weights_sha256)
+                rep["variants"][by_file[name]]["sha256"] = graph.sha256_file(staging / name)
         report_mod.write_atomic(staging / REPORT_JSON, report_mod.to_json(rep))
         report_mod.write_atomic(staging / REPORT_MD, report_mod.to_markdown(report_mod._clean(rep)).encode())
         (out_dir / REPORT_JSON).unlink(missing_ok=True)
