@@ -219,12 +219,12 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
             raise BundleError(f"manifest.json: {where}backends must be a list of backend names")
         gate = _optional(entry, "accuracy_gate", dict, where)
         if gate is not None:
-            if gate.get("passed") not in (True, False, None):
+            if not (gate.get("passed") is None or isinstance(gate.get("passed"), bool)):  # 1 == True in Python
                 raise BundleError(f"manifest.json: {where}accuracy_gate.passed must be true, false or null, got "
                                   f"{gate.get('passed')!r}")
             forms = _optional(gate, "forms", dict, f"{where}accuracy_gate.")
             for form, f in (forms or {}).items():
-                if not isinstance(f, dict) or f.get("passed") not in (True, False, None):
+                if not isinstance(f, dict) or not (f.get("passed") is None or isinstance(f.get("passed"), bool)):
                     raise BundleError(f"manifest.json: {where}accuracy_gate.forms.{form} must be an object whose "
                                       f"passed is true, false or null")
     defaults = _optional(manifest, "default_variant", dict, "")

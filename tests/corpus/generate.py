@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `tests.corpus` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.corpus import api_cases, bundle_files, dicom_files, hostile_dicom
+from tests.corpus import api_cases, bundle_files, dicom_files, hostile_bundles, hostile_dicom
 from tests.corpus.case import Case
 
 CASES_FILE = "cases.json"
@@ -58,6 +58,7 @@ def generate(out: Path) -> list[Case]:
     out.mkdir(parents=True)
     cases: list[Case] = []
     cases += bundle_files.generate(out)  # first: the valid bundles the sessions load
+    cases += hostile_bundles.generate(out)
     cases += dicom_files.generate(out)
     cases += hostile_dicom.generate(out)
     cases += api_cases.array_cases()

@@ -161,6 +161,8 @@ def _call(case: Case, sessions: Sessions) -> Any:
             return b.manifest
     if case.entry in ("engine.load", "engine.load.gpu"):
         target = path if path is not None else materialize(case.recipe)
+        if "trusted_key_files" in kw:  # key files live in the corpus folder, found at run time
+            kw["trusted_keys"] = [corpus / f for f in kw.pop("trusted_key_files")]
         if case.entry == "engine.load.gpu":
             with simulated_gpu(kw["compute_capability"], kw["trt_version"]):
                 s = engine.load(target, backend="tensorrt")
