@@ -198,6 +198,40 @@ def shm_path(name: str) -> str:
     return "/dev/shm/" + check_name(name)
 
 
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists (EPERM counts: it exists, under another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_owner(path: str) -> str | None:
+    """'worker pid N' / 'supervisor pid N' when an existing segment at `path` is still served, else None."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+    except OSError:
+        return None
+    if len(raw) < HEADER_SIZE or struct.unpack_from("<Q", raw, H_MAGIC)[0] != MAGIC:
+        return None
+    sup = struct.unpack_from("<I", raw, H_SUPERVISOR_PID)[0]
+    pid, state = (
+        struct.unpack_from("<I", raw, H_WORKER_PID)[0],
+        struct.unpack_from("<I", raw, H_WORKER_STATE)[0],
+    )
+    if sup and sup != os.getpid() and pid_alive(sup):
+        return f"supervisor pid {sup}"
+    if state == STATE_READY and pid != os.getpid() and pid_alive(pid):
+        return f"worker pid {pid}"
+    return None
+
+
 def unlink(name: str) -> None:
     try:
         os.unlink(shm_path(name))
@@ -213,6 +247,15 @@ class Segment:
         self.mm = mm
         self.geometry = geometry
         self.created = created
+        self.inode: int | None = None
+
+    def unlink_if_ours(self) -> None:
+        """Remove the name only if it still refers to the segment this process created."""
+        try:
+            if self.inode is not None and os.stat(shm_path(self.name)).st_ino == self.inode:
+                os.unlink(shm_path(self.name))
+        except FileNotFoundError:
+            pass
 
     # -- creation and attachment -------------------------------------------------------------------------
     @classmethod
@@ -223,7 +266,12 @@ class Segment:
         g = geometry.check()
         path = shm_path(name)
         if replace:
-            unlink(name)
+            owner = _live_owner(path)
+            if owner:
+                raise SharedMemoryError(
+                    f"shared-memory segment {name!r} is in use by {owner}; pick another --shm"
+                )
+            unlink(name)  # a leftover of a process that died without cleaning up
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -239,6 +287,7 @@ class Segment:
             raise SharedMemoryError(
                 f"cannot size shared-memory segment {name!r} to {g.total_size} bytes: {exc.strerror}"
             ) from None
+        inode = os.fstat(fd).st_ino
         os.close(fd)
         struct.pack_into(
             "<QIIQIIQQQQII",
@@ -260,7 +309,9 @@ class Segment:
         struct.pack_into("<QII", mm, H_SEGMENT_ID, secrets.randbits(64), supervisor_pid, 0)
         struct.pack_into("<I", mm, H_BUSY_LANE, NONE_U32)
         struct.pack_into("<Q", mm, H_MAGIC, MAGIC)  # last: a reader never sees a magic over a half header
-        return cls(name, mm, g, created=True)
+        seg = cls(name, mm, g, created=True)
+        seg.inode = inode
+        return seg
 
     @classmethod
     def attach(cls, name: str) -> Segment:

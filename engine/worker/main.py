@@ -91,8 +91,8 @@ def run_standalone(opts: WorkerOptions, geometry: L.Geometry) -> int:
     try:
         serve_on(opts, seg, stop)
     finally:
+        seg.unlink_if_ours()
         seg.close()
-        L.unlink(opts.shm)
     return 0
 
 

@@ -36,18 +36,6 @@ _U64 = struct.Struct("<Q")
 _IDLE_WAIT_S = 0.02  # heartbeat period while idle; also bounds how long a stop request waits
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Worker:
     """Serve `session` on `segment`. Call `start()` once, then `serve(should_stop)`."""
 
@@ -109,7 +97,7 @@ class Worker:
         if (
             int(h32[L.H_WORKER_STATE // 4]) == L.STATE_READY
             and old_pid != os.getpid()
-            and _pid_alive(old_pid)
+            and L.pid_alive(old_pid)
         ):
             raise SharedMemoryError(
                 f"shared-memory segment {self.seg.name!r} is already served by worker pid {old_pid}"

@@ -102,5 +102,5 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
         self._mark_down()
+        self.seg.unlink_if_ours()
         self.seg.close()
-        L.unlink(self.opts.shm)

@@ -11,6 +11,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -280,6 +281,18 @@ def test_hung_worker_times_out_and_supervisor_replaces_it(driver, fw_bundles, st
         assert w.worker_pid != pid
         assert d.cmd("recover 60000", timeout_s=90).split()[1] == "SLICERT_OK"
         assert d.cmd("small 10") == "OK 10"
+    finally:
+        d.close()
+
+
+def test_a_second_worker_on_a_served_segment_is_refused(driver, fw_bundles, start_worker):
+    w = start_worker(fw_bundles["cls"])
+    cmd = [sys.executable, "-m", "engine.cli", "worker", "--bundle", str(fw_bundles["cls"]), "--shm", w.name]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode != 0 and f"is in use by worker pid {w.worker_pid}" in p.stderr, p.stderr[-2000:]
+    d = Interactive(driver, w.name, "still", 64, 64, 64, 64)
+    try:
+        assert d.cmd("small 3") == "OK 3", "the first worker still serves its segment"
     finally:
         d.close()
 
