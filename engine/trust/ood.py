@@ -46,19 +46,23 @@ DESCRIPTIONS = {
 _SUBSAMPLE = 4  # segmenter uncertainty on every 4th row and column: 1/16 of the pixels
 
 
-@dataclass(frozen=True)
 class OODScore:
     """`Result.ood`: score (largest normalized statistic, dimensionless), threshold (same units), flag
-    (score > threshold), reason (which statistic, its value and in-distribution limit; "" when not flagged
-    and the statistic closest to its limit otherwise is in `statistic`), statistic (name), signals
-    {statistic: raw value}. See docs/trust.md for what each statistic can and cannot detect."""
+    (score > threshold), reason (which statistic, its value and in-distribution limit; "" when not flagged),
+    statistic (the name of the largest one), signals {statistic: raw value}. See docs/trust.md for what
+    each statistic can and cannot detect."""
 
-    score: float
-    threshold: float
-    flag: bool
-    statistic: str
-    reason: str
-    signals: dict[str, float]
+    __slots__ = ("score", "threshold", "flag", "statistic", "reason", "signals")
+
+    def __init__(self, score: float, threshold: float, flag: bool, statistic: str, reason: str,
+                 signals: dict[str, float]):
+        # A plain class, not a frozen dataclass: this is built on every Session.run.
+        self.score, self.threshold, self.flag = score, threshold, flag
+        self.statistic, self.reason, self.signals = statistic, reason, signals
+
+    def __repr__(self) -> str:
+        return (f"OODScore(score={self.score:.4g}, threshold={self.threshold:.4g}, flag={self.flag}, "
+                f"statistic={self.statistic!r}, reason={self.reason!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "threshold": self.threshold, "flag": self.flag, "statistic": self.statistic,
@@ -103,16 +107,18 @@ class Mahalanobis:
     """min_k ||W (f - mu_k)||, W the whitening matrix (Cholesky factor of the shrunk inverse covariance).
     Stored whitened: `means_w` = W mu_k, so a call is one (C x C) mat-vec and K squared distances."""
 
-    __slots__ = ("whiten", "means_w")
+    __slots__ = ("whiten", "means_w", "_mm")
 
     def __init__(self, whiten: np.ndarray, means_w: np.ndarray):
         self.whiten = np.ascontiguousarray(whiten, np.float64)
         self.means_w = np.ascontiguousarray(means_w, np.float64)
+        self._mm = np.einsum("kc,kc->k", self.means_w, self.means_w)  # ||W mu_k||^2
 
     def __call__(self, features: np.ndarray) -> float:
+        # ||z - m_k||^2 = ||z||^2 - 2 z.m_k + ||m_k||^2: one mat-vec, one dot, one K-vector; no temporaries.
         z = self.whiten @ features.astype(np.float64, copy=False).reshape(-1)
-        d = z[None, :] - self.means_w
-        return float(math.sqrt(float(np.min(np.einsum("kc,kc->k", d, d)))))
+        d2 = float(np.min(self._mm - 2.0 * (self.means_w @ z))) + float(z @ z)
+        return math.sqrt(max(d2, 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {"whiten": self.whiten.tolist(), "means_w": self.means_w.tolist()}
@@ -198,6 +204,7 @@ class OODModel:
         self.mahalanobis = mahalanobis
         self.names = tuple(s.name for s in statistics)
         self.needs_input = any(n in INPUT_STATISTICS for n in self.names)
+        self._fast = [(s, s.name, s.centre, 1.0 / s.scale, s.kind == "two_sided") for s in statistics]
 
     # -- scoring -------------------------------------------------------------------------------
     def signals(self, *, model_input: np.ndarray | None, logits: np.ndarray, features: np.ndarray | None,
@@ -218,11 +225,16 @@ class OODModel:
 
     def score(self, signals: dict[str, float]) -> OODScore:
         best, best_u = None, -math.inf
-        for s in self.statistics:
-            v = signals.get(s.name)
+        for s, name, centre, inv_scale, two_sided in self._fast:
+            v = signals.get(name)
             if v is None:
                 continue
-            u = s.normalized(v) if math.isfinite(v) else math.inf
+            if v == v and v not in (math.inf, -math.inf):
+                u = (v - centre) * inv_scale
+                if two_sided and u < 0:
+                    u = -u
+            else:
+                u = math.inf
             if u > best_u:
                 best, best_u = s, u
         if best is None:
