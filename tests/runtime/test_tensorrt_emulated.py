@@ -433,3 +433,22 @@ def test_infer_tensors_and_segmenter_through_the_emulation(emu, trt_bundles):
         assert all(m.shape == x.shape for m, x in zip(masks, imgs))
         for r, m in zip(s.run_batch(imgs), masks):
             np.testing.assert_array_equal(r.mask, m)
+
+
+def test_d13_tensorrt_return_values_are_checked(emu, model_dirs, tmp_path, monkeypatch):
+    from engine.bundle import build_bundle
+    from engine.errors import CudaError
+
+    src = model_dirs["cls_export"]
+    monkeypatch.setattr(fake._Config, "add_optimization_profile", lambda self, profile: -1)
+    with pytest.raises(BundleError, match="refused the optimization profile batch 1..4"):
+        build_bundle(src, tmp_path / "a.slicert", precision="fp32", target="tensorrt", max_batch=4)
+    monkeypatch.undo()
+    monkeypatch.setattr(fake._Config, "set_timing_cache", lambda self, cache, ignore_mismatch: False)
+    with pytest.raises(BundleError, match="refused a new, empty timing cache"):
+        build_bundle(src, tmp_path / "b.slicert", precision="fp32", target="tensorrt")
+    monkeypatch.undo()
+    build_bundle(src, tmp_path / "c.slicert", precision="fp32", target="tensorrt")
+    monkeypatch.setattr(fake._Context, "set_tensor_address", lambda self, name, ptr: name != "scores")
+    with pytest.raises(CudaError, match="refused the device address of tensor 'scores'"):
+        engine.load(tmp_path / "c.slicert", backend="tensorrt")
