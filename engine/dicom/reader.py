@@ -26,7 +26,7 @@ def read(src: Any, *, pixel_limit: int = header.DEFAULT_PIXEL_LIMIT) -> Slice | 
     notes: list[str] = []
     # pydicom reports damaged values with warnings: record them as notes (see capture.py).
     with pydicom_warnings(notes):
-        ds, name, parse_notes = source.load(src)
+        ds, name, parse_notes = source.load(src, pixel_limit)
         notes.extend(parse_notes)
         pm = header.read_pixel_module(ds, name, pixel_limit, notes)
         mlut = lut.read_modality_lut(ds, pm, name, notes)

@@ -37,11 +37,13 @@ def describe(src: Any) -> str:
     return name if isinstance(name, str) and name else f"<{type(src).__name__}>"
 
 
-def load(src: Any) -> tuple[Any, str, list[str]]:
+def load(src: Any, pixel_limit: int | None = None) -> tuple[Any, str, list[str]]:
     """Return (dataset, source name, warnings pydicom emitted while parsing).
 
     A Dataset is used as is (never modified). Paths, bytes and file-like objects are parsed with
-    pydicom.dcmread; OSError from opening a path propagates unchanged.
+    pydicom.dcmread after a walk of their element headers (engine.dicom.prescan: declared lengths
+    against the file size, bounded inflation of the Deflated syntax, using `pixel_limit`); OSError
+    from opening a path propagates unchanged.
     """
     from pydicom.dataset import Dataset
 
@@ -51,17 +53,17 @@ def load(src: Any) -> tuple[Any, str, list[str]]:
         return src, name, []
     if isinstance(src, (bytes, bytearray, memoryview)):
         fp: Any = io.BytesIO(bytes(src))
-        return _parse(fp, name)
+        return _parse(fp, name, pixel_limit)
     if isinstance(src, (str, os.PathLike)):
         with open(src, "rb") as fp:
-            return _parse(fp, name)
+            return _parse(fp, name, pixel_limit)
     if hasattr(src, "read") and hasattr(src, "seek"):
-        return _parse(src, name)
+        return _parse(src, name, pixel_limit)
     raise InputError(f"engine.dicom.read: expected a path, bytes, a binary file-like object or a "
                      f"pydicom Dataset, got {type(src).__name__}")
 
 
-def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
+def _parse(fp: Any, name: str, pixel_limit: int | None) -> tuple[Any, str, list[str]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -71,10 +73,11 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
     if not head:
         raise fail(name, "PixelData", "empty input: not a DICOM file")
     messages: list[str] = []
+    inflated = _prescan(fp, start, name, pixel_limit)
     with pydicom_warnings(messages):
         try:
             try:
-                ds = pydicom.dcmread(fp)
+                ds = pydicom.dcmread(fp) if inflated is None else _deflated_dataset(*inflated, name)
             except InvalidDicomError:
                 # PS3.10 7.1: a DICOM file starts with a 128-byte preamble and 'DICM'. Some older
                 # writers omit both; accept those only if the bytes start like a real data set.
@@ -100,6 +103,58 @@ def _parse(fp: Any, name: str) -> tuple[Any, str, list[str]]:
             raise fail(name, "PixelData", f"file is truncated: {msg}")
     _check_not_truncated(ds, name)
     return ds, name, messages
+
+
+def _prescan(fp: Any, start: int, name: str, pixel_limit: int | None) -> tuple[bytes, bytes] | None:
+    """Walk the element headers (engine.dicom.prescan) over a zero-copy view of the stream: an mmap
+    of a real file, the buffer of a BytesIO, else the bytes read once. Returns (File Meta group bytes,
+    inflated data set) for the Deflated syntax, None otherwise; the stream is left at `start`."""
+    import mmap
+
+    from engine.dicom import header, prescan
+
+    limit = header.DEFAULT_PIXEL_LIMIT if pixel_limit is None else pixel_limit
+    mapped = None
+    base: Any = None
+    offset = start  # of the stream's start within `base`
+    try:
+        if isinstance(fp, io.BytesIO):
+            base = fp.getbuffer()
+        else:
+            try:
+                mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+                base = memoryview(mapped)
+            except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+                fp.seek(start)
+                base, offset = memoryview(fp.read()), 0
+        with base[offset:] as view:
+            size = len(view)
+            meta = prescan.file_meta_end(view, size)
+            if meta is not None and meta[1] == prescan.DEFLATED:
+                return bytes(view[132:meta[0]]), prescan.inflate_bounded(view, meta[0], size, name, limit)
+            prescan.check_lengths(view, size, name)
+            return None
+    finally:
+        if base is not None:
+            base.release()
+        if mapped is not None:
+            mapped.close()
+        fp.seek(start)
+
+
+def _deflated_dataset(meta: bytes, inflated: bytes, name: str) -> Any:
+    """A FileDataset from the File Meta group and the data set prescan inflated (PS3.5 A.5), so
+    pydicom never inflates the unbounded original itself."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    from engine.dicom import prescan
+
+    prescan.check_dataset(inflated, 0, len(inflated), False, True, name)
+    ds = pydicom.dcmread(io.BytesIO(inflated), force=True)
+    ds.file_meta = FileMetaDataset(read_dataset(io.BytesIO(meta), is_implicit_VR=False, is_little_endian=True))
+    return ds
 
 
 def _tell(fp: Any) -> int | None:

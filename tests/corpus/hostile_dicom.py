@@ -8,9 +8,14 @@ fix for one parameter value does not pass by accident.
 """
 from __future__ import annotations
 
+import copy
+import io
 import struct
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 from tests.corpus.case import ACCEPTED, Case
 from tests.corpus.dicom_files import _fragments, _raw, _re_encapsulate, _read, _write, parent_path
@@ -177,7 +182,192 @@ def _jp2_valid(before: bytes) -> bytes:
     return _write(ds)
 
 
-GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes)
+def _explicit_le(ds) -> tuple[bytes, bytes, bytes]:
+    """(elements before Pixel Data, the Pixel Data element, elements after it) of `ds` in explicit VR
+    little endian, the encoding the Deflated syntax compresses (PS3.5 A.5)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    def encode(part) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = False, True
+        write_dataset(fp, part)
+        return fp.getvalue()
+
+    head = copy_without(ds, lambda tag: tag >= 0x7FE00000)
+    pixel = copy_without(ds, lambda tag: tag != 0x7FE00010)
+    tail = copy_without(ds, lambda tag: tag <= 0x7FE00010)
+    return encode(head), encode(pixel), encode(tail)
+
+
+def copy_without(ds, drop: Callable[[int], bool]):
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for elem in ds:
+        if not drop(int(elem.tag)):
+            out.add(elem)
+    return out
+
+
+class Zeros(int):
+    """A run of zero bytes in `deflated_file`'s parts, compressed without ever being built."""
+
+
+def deflated_file(parts: Iterable[bytes | Zeros], meta_from: str = "CT_small.dcm") -> bytes:
+    """Preamble + File Meta (Transfer Syntax: Deflated Explicit VR Little Endian) + the raw-deflated
+    concatenation of `parts`. A `Zeros(n)` part is emitted as copies of one compressed 16 MiB block of
+    zeros (after a full flush, a block references nothing before it, so copies concatenate into a
+    valid stream): a 1.5 GiB bomb costs milliseconds to write and its inflated size never exists here."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    ds = _read(meta_from)
+    meta = copy.deepcopy(ds.file_meta)
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    fp = DicomBytesIO()
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=False)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = bytearray()
+    for part in parts:
+        if isinstance(part, Zeros):
+            body += deflater.flush(zlib.Z_FULL_FLUSH)
+            block, size = _zero_block()
+            whole, rest = divmod(int(part), size)
+            body += block * whole
+            body += deflater.compress(bytes(rest))
+        else:
+            body += deflater.compress(part)
+    body += deflater.flush()
+    return fp.getvalue() + bytes(body)
+
+
+_ZERO_BLOCK: list[tuple[bytes, int]] = []
+
+
+def _zero_block() -> tuple[bytes, int]:
+    if not _ZERO_BLOCK:
+        size = 16 << 20
+        c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        _ZERO_BLOCK.append((c.compress(bytes(size)) + c.flush(zlib.Z_FULL_FLUSH), size))
+    return _ZERO_BLOCK[0]
+
+
+def _element(group: int, elem: int, vr: bytes, length: int) -> bytes:
+    """An explicit VR little endian element header with a 4-byte length (PS3.5 7.1.2)."""
+    return struct.pack("<HH2sHI", group, elem, vr, 0, length)
+
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def _cases_deflate(add: Callable) -> None:
+    from pydicom import dcmread
+
+    add("deflate/image_dfl/as-is", parent_path("image_dfl.dcm").read_bytes(), "session.run", ACCEPTED, "",
+        "pydicom's own Deflated Explicit VR Little Endian test file")
+    for parent in ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm"):
+        head, pixel, tail = _explicit_le(_read(parent))
+        stem = parent[:-4]
+        add(f"deflate/{stem}/valid", deflated_file([head, pixel, tail]), "session.run", ACCEPTED, "",
+            f"{parent} re-encoded in the Deflated syntax")
+        add(f"deflate/{stem}/trailer-bomb-1.5GiB",
+            deflated_file([head, pixel, _element(0xFFFC, 0xFFFC, b"OB", 3 * GIB // 2), Zeros(3 * GIB // 2)]),
+            "session.run", "DicomError", r"PixelData.*inflates beyond",
+            f"{parent} deflated with 1.5 GiB of zero Data Set Trailing Padding after the pixels (a ~1.5 MB file)")
+        add(f"deflate/{stem}/private-element-bomb-200MiB",
+            deflated_file([head, _element(0x0029, 0x1010, b"OB", 200 * MIB), Zeros(200 * MIB), pixel, tail]),
+            "session.run", "DicomError", r"PixelData.*inflates beyond 64 MiB before its Pixel Data",
+            f"{parent} deflated with a 200 MiB private element before Pixel Data (header bomb)")
+    head, pixel, tail = _explicit_le(_read("CT_small.dcm"))
+    add("deflate/CT_small/pixel-length-claims-1GiB",
+        deflated_file([head, _element(0x7FE0, 0x0010, b"OW", GIB), Zeros(GIB)]), "session.run", "DicomError",
+        r"PixelData.*inflates beyond", "Deflated CT_small whose Pixel Data declares and holds 1 GiB of zeros "
+                                       "(Rows x Columns need 32 KiB)")
+    big = _read("CT_small.dcm")
+    big.Rows, big.Columns = 30000, 30000
+    head, _, _ = _explicit_le(big)
+    add("deflate/CT_small/rows-columns-30000",
+        deflated_file([head, _element(0x7FE0, 0x0010, b"OW", 1800 * MIB), Zeros(1800 * MIB)]), "session.run",
+        "PixelLimitExceeded", r"Rows.*exceeds the configured limit",
+        "Deflated data set declaring 30000 x 30000 16-bit pixels (1.8 GB of zeros inflated): refused at the header")
+    no_rows = copy_without(_read("MR_small.dcm"), lambda tag: tag == 0x00280010)
+    h, p, t = _explicit_le(no_rows)
+    add("deflate/MR_small/rows-missing", deflated_file([h, p, t]), "session.run", "DicomError", r"Rows",
+        "Deflated data set without Rows before its Pixel Data")
+    valid = deflated_file([*_explicit_le(_read("CT_small.dcm"))])
+    meta_end = len(deflated_file([]))  - 2  # an empty raw-deflate stream is 2 bytes
+    noise = np.random.default_rng(13).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    add("deflate/CT_small/stream-is-noise", valid[:meta_end] + b"\x07" + noise, "session.run", "DicomError",
+        r"inflate|cannot be parsed|truncat", "Deflated syntax whose compressed stream is 4000 bytes of noise "
+                                             "(raw deflate has no checksum: only a broken structure is detectable)")
+    add("deflate/CT_small/stream-cut", valid[: len(valid) * 2 // 3], "session.run", "DicomError", r"truncat",
+        "Deflated CT_small cut at two thirds of the compressed stream")
+    _ = dcmread
+
+
+def _cases_declared_lengths(add: Callable) -> None:
+    """Elements, items and fragments whose declared length runs past the end of the file."""
+    from pydicom import dcmread
+
+    for parent in ("CT_small.dcm", "MR_small_bigendian.dcm", "rtplan.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                   "MR_small_implicit.dcm"):
+        data = parent_path(parent).read_bytes()
+        ds = dcmread(io.BytesIO(data))
+        implicit, little = ds.original_encoding
+        end = "<" if little else ">"
+        first = next(e for e in ds if e.tag.group > 0x0008)
+        at = _offset_of(data, ds, first.tag)
+        stem = parent[:-4]
+        for group, elem, length, name in ((0x0009, 0x1001, 0xFFFFFFF0, "private-4GiB"),
+                                          (0x0009, 0x1002, 1 << 31, "private-2GiB"),
+                                          (0x0009, 0x1003, len(data) + 2, "private-file-size-plus-2")):
+            if implicit:
+                header = struct.pack(f"{end}HHI", group, elem, length)
+            else:
+                header = struct.pack(f"{end}HH2sHI", group, elem, b"OB", 0, length)
+            add(f"lengths/{stem}/{name}-before-{first.keyword or 'first'}", data[:at] + header + data[at:],
+                "session.run", "DicomError", r"\(0009,10\d\d\).*declares \d+ bytes but only \d+ remain",
+                f"{parent}: private element (0009,{elem:04X}) declaring {length} bytes inserted before "
+                f"{first.keyword}")
+    ds = _read("CT_small.dcm")
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.ReferencedImageSequence = Sequence([item])
+    data = _write(ds)
+    seq = data.index(struct.pack("<HH2s", 0x0008, 0x1140, b"SQ"))
+    for name, patch, why in (
+            ("sequence-length-4GiB", lambda b: b[:seq + 8] + struct.pack("<I", 0xFFFFFFF0) + b[seq + 12:],
+             "Referenced Image Sequence declaring 4 GiB"),
+            ("item-length-4GiB", lambda b: b[:seq + 16] + struct.pack("<I", 0xFFFFFFF0) + b[seq + 20:],
+             "the sequence's item declaring 4 GiB")):
+        add(f"lengths/CT_small/{name}", patch(data), "session.run", "DicomError",
+            r"ReferencedImageSequence.*declares \d+ bytes but only \d+ remain", f"CT_small: {why}")
+    jpg = parent_path("SC_rgb_jpeg_dcmtk.dcm").read_bytes()
+    frag = jpg.index(b"\xfe\xff\x00\xe0", jpg.index(b"\xe0\x7f\x10\x00") + 20)  # first fragment item
+    add("lengths/SC_rgb_jpeg_dcmtk/fragment-length-4GiB", jpg[:frag + 4] + struct.pack("<I", 0xFFFFFFF0) + jpg[frag + 8:],
+        "session.run", "DicomError", r"PixelData.*(declares \d+ bytes but only|truncat)",
+        "encapsulated Pixel Data whose first fragment declares 4 GiB")
+
+
+def _offset_of(data: bytes, ds, tag) -> int:
+    """Byte offset of the element `tag` (top level) in the file `data` parsed as `ds`."""
+    from pydicom import dcmread
+
+    elem = dcmread(io.BytesIO(data)).get_item(tag)  # raw: it still knows where its value starts
+    implicit, _ = ds.original_encoding
+    header = 8 if implicit or elem.VR not in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
+                                               "UT", "UV") else 12
+    return elem.value_tell - header
+
+
+GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes, _cases_deflate,
+                                _cases_declared_lengths)
 
 
 def generate(out: Path) -> list[Case]:

@@ -3,6 +3,8 @@ step, values the file states in places the reader did not look (Enhanced multi-f
 groups), offset tables, absurd spacing, and values that vanish in float32."""
 from __future__ import annotations
 
+import io
+import pathlib
 import struct
 
 import numpy as np
@@ -104,3 +106,99 @@ def test_size_statements_walk_boxes_and_refuse_broken_ones():
                    b"\r\n\x87\n" + raw):  # what openjpeg takes for JP2 without the signature box
         with pytest.raises(ValueError):
             size_statements(broken)
+
+
+# -- declared lengths against the file, before pydicom reads ----------------------------------------
+def _with_private_element(name: str, length: int) -> bytes:
+    from tests.corpus.hostile_dicom import _offset_of
+
+    data = pathlib.Path(data_file(name)).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    at = _offset_of(data, ds, next(e for e in ds if e.tag.group > 0x0008).tag)
+    return data[:at] + struct.pack("<HH2sHI", 0x0009, 0x1001, b"OB", 0, length) + data[at:]
+
+
+@pytest.mark.parametrize("form", ["path", "bytes", "bytesio", "file"])
+def test_element_declaring_4_gib_is_refused_by_name(tmp_path, form):
+    data = _with_private_element("CT_small.dcm", 0xFFFFFFF0)
+    path = tmp_path / "private.dcm"
+    path.write_bytes(data)
+    buf = io.BytesIO(data)
+    with open(path, "rb") as fp:
+        src = {"path": str(path), "bytes": data, "bytesio": buf, "file": fp}[form]
+        with pytest.raises(DicomError, match=r"\(0009,1001\): element declares 4294967280 bytes but only \d+ "
+                                             r"remain in the file"):
+            dicom.read(src)
+    buf.write(b"still writable")  # the prescan released its view of the caller's buffer
+
+
+def test_prescan_passes_every_valid_test_file_through_unchanged():
+    # the same pixels as pydicom for files of each encoding, compressed ones included
+    for name in ("CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                 "emri_small_RLE.dcm", "rtdose.dcm", "liver.dcm"):
+        ds = pydicom.dcmread(data_file(name))
+        if "PixelData" not in ds or ds.get("BitsAllocated") == 1:
+            continue
+        img = dicom.read(data_file(name))
+        first = img if hasattr(img, "pixels") else img[0]
+        ref = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else ds.pixel_array[0]
+        if first.is_color:
+            continue  # colour conversion is checked in test_color
+        np.testing.assert_array_equal(first.pixels, ref)
+
+
+def test_sequences_nested_beyond_the_limit_are_refused():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from engine.dicom.prescan import MAX_DEPTH
+
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    inner = Dataset()
+    for _ in range(MAX_DEPTH + 5):
+        outer = Dataset()
+        outer.ReferencedImageSequence = Sequence([inner])
+        inner = outer
+    ds.ReferencedImageSequence = inner.ReferencedImageSequence
+    with pytest.raises(DicomError, match=r"ReferencedImageSequence \(0008,1140\): sequences nest deeper"):
+        dicom.read(_bytes(ds))
+
+
+# -- the Deflated transfer syntax: bounded inflation --------------------------------------------------
+def test_deflated_test_file_reads_like_pydicom():
+    ds = pydicom.dcmread(data_file("image_dfl.dcm"))
+    img = dicom.read(data_file("image_dfl.dcm"))
+    assert img.transfer_syntax_uid == "1.2.840.10008.1.2.1.99"
+    np.testing.assert_array_equal(img.pixels, ds.pixel_array)
+
+
+def test_deflated_ct_keeps_its_header():
+    from tests.corpus.hostile_dicom import _explicit_le, _read, deflated_file
+
+    img = dicom.read(deflated_file(_explicit_le(_read("CT_small.dcm"))))
+    ref = dicom.read(data_file("CT_small.dcm"))
+    np.testing.assert_array_equal(img.pixels, ref.pixels)
+    assert (img.rescale_intercept, img.windows, img.pixel_spacing_mm) == (ref.rescale_intercept, ref.windows,
+                                                                          ref.pixel_spacing_mm)
+
+
+@pytest.mark.parametrize("where,peak_mib", [("trailer", 8), ("header", 200), ("pixels", 8)])
+def test_deflate_bomb_is_refused_within_a_memory_bound(where, peak_mib):
+    import tracemalloc
+
+    from tests.corpus.hostile_dicom import GIB, MIB, Zeros, _element, _explicit_le, _read, deflated_file
+
+    head, pixel, tail = _explicit_le(_read("CT_small.dcm"))
+    parts = {"trailer": [head, pixel, _element(0xFFFC, 0xFFFC, b"OB", 3 * GIB // 2), Zeros(3 * GIB // 2)],
+             "header": [head, _element(0x0029, 0x1010, b"OB", 300 * MIB), Zeros(300 * MIB), pixel, tail],
+             "pixels": [head, _element(0x7FE0, 0x0010, b"OW", GIB), Zeros(GIB)]}[where]
+    data = deflated_file(parts)
+    assert len(data) < 2 * MIB  # inflates to 0.3-1.5 GiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomError, match=r"PixelData \(7FE0,0010\): the Deflated data set inflates beyond"):
+            dicom.read(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < peak_mib * MIB, f"{peak / MIB:.1f} MiB"
