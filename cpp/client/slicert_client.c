@@ -304,7 +304,11 @@ static slicert_status worker_down(slicert_client *c, const char *why) {
     c->last_name_check_ns = t;
     int fd = shm_open(c->name, O_RDONLY, 0);
     struct stat sb;
-    if (fd >= 0 && fstat(fd, &sb) == 0 && (sb.st_ino != c->ino || sb.st_dev != c->dev))
+    uint64_t id = 0;
+    /* a new file, or the same inode number reused for a new segment (its random id differs) */
+    if (fd >= 0 && fstat(fd, &sb) == 0 &&
+        (sb.st_ino != c->ino || sb.st_dev != c->dev ||
+         (pread(fd, &id, sizeof id, SLRT_H_SEGMENT_ID) == (ssize_t)sizeof id && id != c->segment_id)))
       hint = "; the segment was re-created: call slicert_reconnect()";
     if (fd >= 0) close(fd);
   }

@@ -6,7 +6,8 @@
  *   client_driver soak NAME COUNT H W            COUNT frames, prints "AT k rss_anon_kb" lines
  *   client_driver bench NAME COUNT H W WARMUP    prints round-trip ns of each call, one per line
  *   client_driver interactive NAME MODE H W BIG_H BIG_W
- *       commands on stdin: small N | big | wait MS | recover MS | stats | quit
+ *       commands on stdin: small N | big | burst N | wait MS | recover MS | latest | stats | try |
+ *       reconnect | quit
  *   client_driver connect NAME                   prints the connect status and message
  *
  * Every line it prints is "WORD fields...". Exit status 0 unless the scenario itself went wrong.
@@ -217,6 +218,13 @@ static int cmd_interactive(char **a) {
       slicert_status st = slicert_latest(c, &r);
       printf("LATEST %s %llu dropped_before %u\n", slicert_status_name(st), (unsigned long long)r.frame_id,
              r.dropped_before);
+    } else if (strcmp(cmd, "reconnect") == 0) {
+      slicert_status st = slicert_reconnect(c);
+      printf("RECONNECT %s %s\n", slicert_status_name(st), st == SLICERT_OK ? "-" : slicert_last_error());
+    } else if (strcmp(cmd, "try") == 0) { /* one small frame; the status and message */
+      memset(&r, 0, sizeof r);
+      slicert_status st = slicert_run(c, &fs, 2000, &r);
+      printf("TRY %s %s\n", slicert_status_name(st), st == SLICERT_OK ? "-" : slicert_last_error());
     } else if (strcmp(cmd, "quit") == 0) {
       break;
     } else {

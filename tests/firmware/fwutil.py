@@ -71,10 +71,11 @@ class WorkerProcess:
         hang_timeout_ms: int = 2000,
         spin_us: float = 0.0,
         cmd_prefix: tuple[str, ...] = (),
+        name: str | None = None,
     ):
         from engine.worker import layout
 
-        self.name = unique_name()
+        self.name = name or unique_name()
         self.layout = layout
         cmd = [
             *cmd_prefix,
@@ -110,6 +111,7 @@ class WorkerProcess:
             cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         self.seg = None
+        self._log: str | None = None
         self.wait_ready()
 
     def wait_ready(self, epoch_after: int = 0, timeout_s: float = START_TIMEOUT_S) -> float:
@@ -144,6 +146,9 @@ class WorkerProcess:
         return self.seg.u32(self.layout.H_WORKER_EPOCH)
 
     def stop(self) -> str:
+        """SIGTERM, bounded wait, then SIGKILL; removes a segment left behind. Idempotent."""
+        if self._log is not None:
+            return self._log
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -153,7 +158,10 @@ class WorkerProcess:
             err = self.proc.communicate()[1]
         if self.seg is not None:
             self.seg.close()
-        self.layout.unlink(self.name)
+            self.seg = None
+        if self.layout._live_owner(self.layout.shm_path(self.name)) is None:  # not another test's live worker
+            self.layout.unlink(self.name)
+        self._log = err
         return err
 
 

@@ -233,7 +233,10 @@ def _wait_busy_then_stop(w, lane: int, seq: int, timeout_s: float = 10.0) -> boo
 
 
 def test_worker_killed_mid_frame_then_restarted(driver, fw_bundles, start_worker):
-    w = start_worker(fw_bundles["cls"], supervise=True, max_frame_bytes=8 << 20, hang_timeout_ms=2000)
+    # 1 lane x 2 slots of 8 MiB: stays well inside a container's default 64 MiB /dev/shm
+    w = start_worker(
+        fw_bundles["cls"], supervise=True, lanes=1, slots=2, max_frame_bytes=8 << 20, hang_timeout_ms=2000
+    )
     d = Interactive(driver, w.name, "still", 64, 64, 2048, 2048)
     try:
         assert d.cmd("small 5") == "OK 5"
@@ -293,6 +296,22 @@ def test_a_second_worker_on_a_served_segment_is_refused(driver, fw_bundles, star
     d = Interactive(driver, w.name, "still", 64, 64, 64, 64)
     try:
         assert d.cmd("small 3") == "OK 3", "the first worker still serves its segment"
+    finally:
+        d.close()
+
+
+def test_client_reconnects_to_a_recreated_segment(driver, fw_bundles, start_worker):
+    w = start_worker(fw_bundles["cls"])
+    d = Interactive(driver, w.name, "still", 64, 64, 64, 64)
+    try:
+        assert d.cmd("small 2") == "OK 2"
+        w.stop()  # the whole service goes away (segment unlinked), then comes back under the same name
+        w2 = start_worker(fw_bundles["cls"], name=w.name)
+        ans = d.cmd("try")
+        assert ans.startswith("TRY SLICERT_E_WORKER_DOWN") and "slicert_reconnect" in ans, ans
+        assert d.cmd("reconnect") == "RECONNECT SLICERT_OK -"
+        assert d.cmd("small 5") == "OK 5"
+        assert w2.proc.poll() is None
     finally:
         d.close()
 
