@@ -305,16 +305,19 @@ def check_model(data: bytes, where: str, input_dtype: str | None = None) -> None
         raise BundleError(f"{where}: subgraphs nest too deeply") from None
 
 
-def onnx_members(bundle) -> list[str]:
+def onnx_members(manifest: dict) -> set[str]:
     """Every member a runtime may load as ONNX: those the variants name, and any other *.onnx."""
-    names = {n for n in bundle.members if n.endswith(".onnx")}
-    for entry in bundle.variants.values():
+    names = {n for n in manifest["members"] if n.endswith(".onnx")}
+    for entry in manifest["variants"].values():
         names.update(entry[k] for k in ("onnx", "onnx_cpu", "ort") if entry.get(k))
-    return sorted(names)
+    return names
 
 
-def check_bundle(bundle) -> None:
-    """check_model on every ONNX member of an open bundle (the bytes its digest covers)."""
+def check_bundle(bundle, data: dict[str, bytes] | None = None) -> None:
+    """check_model on every ONNX member of an open bundle; `data`: their bytes, already read."""
     out_dtype = bundle.spec.out_dtype
-    for name in onnx_members(bundle):
-        check_model(bundle.read(name), f"bundle {bundle.path.name}, member {name!r}", out_dtype)
+    data = data or {}
+    for name in sorted(onnx_members(bundle.manifest)):
+        raw = data.get(name)
+        check_model(raw if raw is not None else bundle.read(name), f"bundle {bundle.path.name}, member {name!r}",
+                    out_dtype)

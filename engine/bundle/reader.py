@@ -7,9 +7,11 @@ naming the member.
 Members are read with pread() from the open file, not served from a memory mapping: a mapped file
 that shrinks afterwards (another process truncating or rewriting it) kills the reader with SIGBUS on
 the next touch of a lost page, which no Python code can catch. A read that comes back short is a
-BundleError instead, and `read()` hashes the bytes it returns again (when the bundle was opened with
-verify=True), so what a runtime gets is exactly what the manifest's digest covers, even if the file
-was modified after open_bundle (cost: one SHA-256 pass per member read, about 1.5 GB/s).
+BundleError instead. When the file's size, mtime or ctime (which no user can set back) changed
+since open_bundle, `read()` hashes the bytes it returns again (verify=True), so what a runtime gets is
+exactly what the manifest's digest covers even if the file was rewritten in place after the check;
+an unchanged file costs one fstat per read. The ONNX members are read once at open: the bytes that are
+hashed are the bytes onnx_guard checks.
 """
 from __future__ import annotations
 
@@ -65,6 +67,11 @@ class _File:
         for start in range(offset, offset + size, _CHUNK):
             h.update(self.read(start, min(_CHUNK, offset + size - start), what))
         return h.hexdigest()
+
+
+def _stat_key(fh) -> tuple[int, int, int]:
+    st = os.fstat(fh.fileno())
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -143,6 +150,7 @@ class Bundle:
         self.signature = signature  # engine.bundle.signing.SignatureStatus
         self._fh, self._offsets, self._verified = fh, offsets, verified
         self._file = _File(fh, path)
+        self._stat = _stat_key(fh)
 
     # -- members -------------------------------------------------------------------------------
     @property
@@ -161,7 +169,8 @@ class Bundle:
         except KeyError:
             raise BundleError(f"bundle {self.path} has no member {name!r} (members: {self.members})") from None
         data = self._file.read(start, size, f"member {name!r}")
-        if self._verified and hashlib.sha256(data).hexdigest() != self.manifest["members"][name]["sha256"]:
+        if self._verified and _stat_key(self._fh) != self._stat and \
+                hashlib.sha256(data).hexdigest() != self.manifest["members"][name]["sha256"]:
             raise BundleError(f"bundle {self.path}: member {name!r} changed on disk after the bundle was opened "
                               f"(its SHA-256 no longer matches the manifest); {_REBUILD}")
         return data
@@ -245,7 +254,8 @@ def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Pa
 
 
 def _verify(f: _File, present: dict[str, zipfile.ZipInfo], manifest: dict, size: int, path: Path,
-            check_digests: bool) -> dict[str, tuple[int, int]]:
+            check_digests: bool, keep: set[str], kept: dict[str, bytes]) -> dict[str, tuple[int, int]]:
+    """Offsets of every listed member, its digest checked; the bytes of members in `keep` go to `kept`."""
     from engine.bundle.signing import SIGNATURE
 
     listed = manifest["members"]
@@ -268,8 +278,11 @@ def _verify(f: _File, present: dict[str, zipfile.ZipInfo], manifest: dict, size:
         start = _local_data_offset(f, info.header_offset, name, size)
         if start + info.file_size > size:
             raise BundleError(f"bundle {path} is truncated inside member {name!r}; {_REBUILD}")
+        if name in keep:
+            kept[name] = f.read(start, info.file_size, f"member {name!r}")
         if check_digests:
-            digest = f.sha256(start, info.file_size, f"member {name!r}")
+            digest = (hashlib.sha256(kept[name]).hexdigest() if name in kept
+                      else f.sha256(start, info.file_size, f"member {name!r}"))
             if digest != entry["sha256"]:
                 raise BundleError(f"bundle {path}: member {name!r} failed its SHA-256 check (manifest "
                                   f"{entry['sha256'][:16]}..., file {digest[:16]}...): it was modified or corrupted "
@@ -320,10 +333,12 @@ def open_bundle(path: os.PathLike[str] | str, *, verify: bool = True, trusted_ke
             sig_raw = None if sig_info is None else _read_small(zf, sig_info, MAX_SIGNATURE_BYTES, path)
         manifest = parse_json(raw, f"bundle {path}: member {fmt.MANIFEST!r}")
         fmt.validate_manifest(manifest)
-        offsets = _verify(f, present, manifest, size, path, verify)
+        kept: dict[str, bytes] = {}
+        onnx_names = onnx_guard.onnx_members(manifest)
+        offsets = _verify(f, present, manifest, size, path, verify, onnx_names, kept)
         signature = signing.check(raw, sig_raw, keys, path)
         bundle = Bundle(path, fh, manifest, offsets, manifest_bytes=raw, verified=verify, signature=signature)
-        onnx_guard.check_bundle(bundle)
+        onnx_guard.check_bundle(bundle, kept)  # the very bytes whose digests were checked
     except BaseException:
         fh.close()
         raise
