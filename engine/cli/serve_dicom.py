@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
                                    help="Directory for received instances until their results are stored."),
         threads: int | None = typer.Option(None, "--threads", help="Inference threads (default: usable cores)."),
         timeout_s: float = typer.Option(30.0, "--timeout", help="Network/DIMSE timeouts in seconds."),
+        eligibility: str = typer.Option("refuse", "--eligibility",
+                                        help="Inputs outside the bundle's intended inputs: refuse (failure status), "
+                                             "flag (run, flagged in the SR) or off (docs/trust.md)."),
         log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     ) -> None:
         """Storage SCP: run the bundle on each received image, C-STORE its SEG/SR to --forward (or back to
@@ -45,7 +48,8 @@ def register(app: typer.Typer) -> None:
                 replies[addr.ae_title] = addr
             config = NodeConfig(bundle=bundle, ae_title=ae_title, host=host, port=port,
                                 forward=AEAddress.parse(forward) if forward else None, reply_to=replies,
-                                allowed_callers=tuple(allow_caller), spool=spool, threads=threads, timeout_s=timeout_s)
+                                allowed_callers=tuple(allow_caller), spool=spool, threads=threads, timeout_s=timeout_s,
+                                eligibility=eligibility)
             serve_forever(config)
         except SliceRTError as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -21,6 +21,8 @@ PREDICTED = ("PREDICTED", "Predicted class")
 OOD_FLAG = ("OOD", "Out of distribution")
 OOD_SCORE = ("OODSCORE", "Out-of-distribution score")
 OOD_THRESHOLD = ("OODTHRESH", "Out-of-distribution threshold")
+OOD_STATISTIC = ("OODSTAT", "Out-of-distribution statistic")
+ELIGIBLE = ("ELIGIBLE", "Eligible input (bundle's intended inputs)")
 PIXEL_COUNT = ("PIXELCOUNT", "Pixel count")
 LATENCY = ("LATENCY", "Inference latency (decode to post-processing)")
 
@@ -48,6 +50,11 @@ def class_concept(label: str, index: int, label_codes: dict | None = None, role:
     if isinstance(code, (list, tuple)) and len(code) == 3 and all(isinstance(c, str) and c for c in code):
         return coded(code[0], code[2], code[1])
     return coded(_value(label, index), label)
+
+
+def statistic_value(name: str) -> str:
+    """Code value of an OOD statistic name (engine.trust: input_mean, energy, mahalanobis ...)."""
+    return ("S" + re.sub(r"[^A-Z0-9]", "", name.upper()))[:16]
 
 
 def probability_concept(label: str, index: int):

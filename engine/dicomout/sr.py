@@ -8,8 +8,11 @@ Content (one report per source image; a multi-frame source may have one group se
     Area (SCT 42798000) in mm2 when the pixel spacing is known, always the pixel count (99SLICERT).
   * Per image, a TID 1501 group on the source image (frame): for classifiers the probability of each
     class (UCUM "1") and the predicted class (qualitative, DCM 121071 Finding); the out-of-distribution
-    flag (Yes/No), score and threshold with the reason as the group's session text when the result has
-    `ood`; the inference latency in ms (decode to post-processing, Result.timings_ms["total"]).
+    flag (Yes/No), the statistic that decided it (coded), score and threshold when the result has
+    `ood` (engine.trust); "Eligible input" (Yes/No) when the header was checked against the bundle's
+    intended inputs (Result.eligibility under the "flag" policy); the inference latency in ms (decode
+    to post-processing, Result.timings_ms["total"]). Reasons in words stay in the logs: TID 1501 has
+    no free-text row, and a reason is not a concept to code.
   * Every group carries TID 4019 Algorithm Identification: model name, version, and parameters
     bundle_sha256=..., precision=..., backend=....
 Numbers are written as DS (16 characters): probabilities and areas read back to ~1e-9 relative.
@@ -40,7 +43,7 @@ def ood_fields(result) -> dict | None:
     if score is None or flag is None:
         return None
     return {"score": float(score), "threshold": None if threshold is None else float(threshold),
-            "flag": bool(flag), "reason": str(get("reason", "") or "")}
+            "flag": bool(flag), "statistic": str(get("statistic", "") or ""), "reason": str(get("reason", "") or "")}
 
 
 def _algorithm(ident: ModelIdentity):
@@ -178,7 +181,6 @@ def _image_group(r, ds, frame, ident: ModelIdentity, algo, where: str):
     from pydicom.sr.codedict import codes as std
 
     measurements, evaluations = [], []
-    session = None
     if r.task == "classification":
         if r.scores is None or r.label is None:
             raise InputError("a classification result without scores cannot be reported")
@@ -194,11 +196,18 @@ def _image_group(r, ds, frame, ident: ModelIdentity, algo, where: str):
         measurements.append(_num(codes.local(codes.OOD_SCORE), ood["score"], std.UCUM.NoUnits, algo))
         if ood["threshold"] is not None:
             measurements.append(_num(codes.local(codes.OOD_THRESHOLD), ood["threshold"], std.UCUM.NoUnits, algo))
-        session = (ood["reason"] or None) and ood["reason"][:64]
+        if ood["statistic"]:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=codes.local(codes.OOD_STATISTIC), value=codes.coded(codes.statistic_value(ood["statistic"]),
+                                                                         ood["statistic"])))
+    eligibility = getattr(r, "eligibility", None)
+    if eligibility is not None:  # None: not checked (raw array input, or the bundle states no intended inputs)
+        evaluations.append(hd.sr.QualitativeEvaluation(name=codes.local(codes.ELIGIBLE),
+                                                       value=std.SCT.No if eligibility else std.SCT.Yes))
     measurements.append(_num(codes.local(codes.LATENCY), r.timings_ms["total"], std.UCUM.Millisecond, algo))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{ident.name} image{where}"[:64]),
-        algorithm_id=algo, measurements=measurements, qualitative_evaluations=evaluations or None, session=session,
+        algorithm_id=algo, measurements=measurements, qualitative_evaluations=evaluations or None,
         source_images=[_source_image(ds, frame, hd.sr.SourceImageForMeasurementGroup)])
 
 

@@ -82,6 +82,14 @@ class Node:
     def pending(self) -> list[Path]:
         return sorted((self.spool / "pending").glob("*.dcm"))
 
+    def drained(self, timeout_s: float = WAIT_S) -> list[Path]:
+        """The pending spool once it is empty or timeout_s passed: an instance leaves it only after the
+        destination acknowledged its last result, a moment after that result is visible in Orthanc."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.pending()
+
 
 @pytest.fixture
 def nodes():
@@ -212,7 +220,7 @@ def test_end_to_end_cr_and_ultrasound_storescu_to_orthanc(pacs, nodes, dicom_bun
     log = seg_node.text()
     assert re.search(r"assoc \d+: accepted SENDER@127\.0\.0\.1:\d+ -> SLICERT", log)
     assert "C-ECHO" in log and "receive->stored" in log and "released" in log
-    assert seg_node.pending() == [] and cls_node.pending() == []
+    assert seg_node.drained() == [] and cls_node.drained() == []
 
 
 def test_eight_concurrent_associations(pacs, nodes, dicom_bundles, tmp_path):
@@ -241,7 +249,7 @@ def test_corrupt_file_mid_batch_is_refused_and_the_node_keeps_serving(pacs, node
     good = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for i, f in enumerate(files) if i != 2}
     assert {_source_uid(s) for s in segs} == good and len(segs) == 4
     assert re.search(rf"refused {re.escape(bad_uid)} .*DicomError", node.text())
-    assert node.pending() == []  # the refused instance is not kept either
+    assert node.drained() == []  # the refused instance is not kept either
     again = storescu(node.port, copies(sample_file("RG1_UNCR.dcm"), 1, tmp_path / "after", "after"))
     assert again.returncode == 0 and node.proc.poll() is None
     assert len(pacs.wait_for("SEG", 5, WAIT_S)) == 5
@@ -306,7 +314,4 @@ def test_killed_mid_batch_then_restarted_loses_and_duplicates_nothing(pacs, node
     segs, srs = pacs.instances("SEG"), pacs.instances("SR")
     assert sorted(_source_uid(s) for s in segs) == sorted(uids)
     assert sorted(_source_uid(s) for s in srs) == sorted(uids)
-    deadline = time.monotonic() + WAIT_S
-    while node2.pending() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert node2.pending() == []
+    assert node2.drained() == []

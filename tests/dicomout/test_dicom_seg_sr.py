@@ -210,31 +210,31 @@ def test_sr_classifier_probabilities_and_label(cls_session, tmp_path, name):
     print("dciodvfy warnings:", validate(out))
 
 
-def test_sr_reports_ood_flag_score_and_threshold(cls_session, tmp_path):
-    """`result.ood` comes from the trust layer when the bundle has one; its values are set here."""
+def test_sr_reports_trust_flags_ood_and_eligibility(cls_session, tmp_path):
+    """`result.ood` / `result.eligibility` come from engine.trust when the bundle has a trust section; the tiny
+    bundle has none, so the values (of the real types) are set on a real result here."""
     from engine.dicomout.sr import build_sr
-    from engine.session import Result
+    from engine.trust.ood import OODScore
 
     path = sample_file("RG1_UNCR.dcm")
     r = cls_session.run(path)
-
-    class WithOOD(Result):  # a Result as the trust layer extends it; the tiny bundle carries no OOD model
-        __slots__ = ("ood",) if "ood" not in Result.__slots__ else ()
-
-    r2 = WithOOD(r.task, r.labels)
-    for k in ("scores", "label", "timings_ms", "identity", "frame_index"):
-        setattr(r2, k, getattr(r, k))
-    r2.ood = {"score": 3.25, "threshold": 1.5, "flag": True, "reason": "input_mean 0.91 above 0.62"}
-    out = save(build_sr([r2], path), tmp_path / "ood.sr.dcm")
+    assert r.ood is None and r.eligibility in (None, ())  # the tiny bundle carries no trust section
+    r.ood = OODScore(score=3.25, threshold=1.5, flag=True, statistic="input_mean",
+                     reason="input_mean 0.91 above 0.62", signals={"input_mean": 0.91})
+    r.eligibility = ("Modality CR is not one of ['DX']",)
+    out = save(build_sr([r], path), tmp_path / "ood.sr.dcm")
     (img,) = _groups(out)[2]
     v = _values(img)
     assert v["Out-of-distribution score"] == 3.25 and v["Out-of-distribution threshold"] == 1.5
-    (flag,) = [q for q in img.get_qualitative_evaluations() if q.name.meaning == "Out of distribution"]
-    assert flag.value.value == "373066001"  # SCT Yes
+    q = {e.name.meaning: e.value for e in img.get_qualitative_evaluations()}
+    assert q["Out of distribution"].value == "373066001"  # SCT Yes
+    assert q["Out-of-distribution statistic"].meaning == "input_mean"
+    assert q["Eligible input (bundle's intended inputs)"].value == "373067005"  # SCT No
     print("dciodvfy warnings:", validate(out))
-    r2.ood = None  # absent: no OOD items at all
-    (img,) = _groups(save(build_sr([r2], path), tmp_path / "no-ood.sr.dcm"))[2]
+    r.ood, r.eligibility = None, None  # absent / not checked: no trust items at all
+    (img,) = _groups(save(build_sr([r], path), tmp_path / "no-ood.sr.dcm"))[2]
     assert "Out-of-distribution score" not in _values(img)
+    assert not [e for e in img.get_qualitative_evaluations() if "Eligible" in e.name.meaning]
 
 
 def test_bad_requests_get_typed_errors(seg_session, cls_session, tmp_path):

@@ -107,6 +107,7 @@ class NodeConfig:
     timeout_s: float = 30.0  # ACSE / DIMSE / network timeouts, both directions
     retry_max_s: float = 30.0  # longest wait between attempts to store results at an unreachable destination
     max_pdu: int = 0  # 0 = unlimited (pynetdicom's default is 16 kB)
+    eligibility: str = "refuse"  # engine.load(eligibility=...): "refuse" answers 0xC000 for an unintended input
 
     def __post_init__(self):
         self.ae_title = check_ae_title(self.ae_title, "--ae-title")

@@ -56,7 +56,8 @@ class DicomNode:
         import engine
 
         self.config = config
-        self.session = session if session is not None else engine.load(config.bundle, threads=config.threads)
+        self.session = session if session is not None else engine.load(config.bundle, threads=config.threads,
+                                                                    eligibility=config.eligibility)
         self._own_session = session is None
         self.spool = Spool(config.spool)
         self.syntaxes = decodable_transfer_syntaxes()
@@ -216,6 +217,9 @@ class DicomNode:
             st.refused += 1
             _log.exception("assoc %d: internal error on %s (kept in the spool as %s)", st.ident, uid, entry.path)
             return self._failure(0xC001, f"internal error: {type(exc).__name__}")
+        flags = sorted({f for r in results if getattr(r, "flagged", False) for f in r.flags})
+        if flags:  # the SR carries the flags as coded Yes/No; the reasons in words are here
+            _log.warning("assoc %d: %s flagged: %s", st.ident, uid, "; ".join(flags))
         self._jobs.put(_Job(entry, results, ms))
         st.stored += 1
         _log.info("assoc %d: received %s (%s, %d frame(s)), inference %.1f ms", st.ident, uid,
