@@ -191,7 +191,8 @@ def _seg_temperature(sub_logits: np.ndarray, grid_targets: np.ndarray) -> tuple[
 
 
 def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int = 2,
-                input_signals: dict[str, dict[str, np.ndarray]], clip: tuple[float, float]) -> dict[str, Any]:
+                input_signals: dict[str, dict[str, np.ndarray]], clip: tuple[float, float],
+                calibrate: bool = True) -> dict[str, Any]:
     """Fit and measure one variant: {"model": OODModel, "temperature", "report", "extended": bytes}."""
     from engine.trust.graph import add_trust_outputs, verify_unchanged
 
@@ -271,7 +272,8 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
     else:
         lv, yv = _seg_temperature(passes["val"]["sub_logits"], data.val_y)
         lt, yt = _seg_temperature(passes["test"]["sub_logits"], data.test_y)
-    t = fit_temperature(lv, yv)
+    # Temperature scaling is fitted for softmax heads; a sigmoid (multi-label) head keeps T = 1.
+    t = fit_temperature(lv, yv) if calibrate else 1.0
     report["calibration"] = {
         "temperature": t, "ece_bins": 10, "unit": "slices" if task == "classification" else "pixels (1-in-16 grid)",
         "ece_val_before": expected_calibration_error(softmax_t(lv), yv),
@@ -303,7 +305,8 @@ def fit_trust(source_dir: str | Path, data: FitData, *, intended: dict | None, t
         path = src.onnx_cpu.get(v, src.onnx[v])
         if progress:
             progress(f"trust: fitting {v} ({path.name})")
-        r = fit_variant(path.read_bytes(), data, out_name, threads=threads, input_signals=input_signals, clip=clip)
+        r = fit_variant(path.read_bytes(), data, out_name, threads=threads, input_signals=input_signals, clip=clip,
+                        calibrate=src.meta.get("postprocess") in (None, "softmax", "argmax"))
         variants[v] = {"temperature": r["temperature"], "ood": r["model"].to_dict()}
         report[v] = r["report"]
         fitted[v] = {"onnx": _sha(src.onnx[v]), **({"onnx_cpu": _sha(src.onnx_cpu[v])} if v in src.onnx_cpu else {})}

@@ -332,7 +332,8 @@ def to_markdown(run: BenchmarkRun, *, reference: str | None = None, title: str =
     flagged = {c.name: c.meta for c in run.configurations if c.meta.get("flagged_results")}
     if flagged:  # results the trust checks flagged (docs/trust.md): timed like any other, never hidden
         lines += ["", "Flagged results (trust checks): " + "; ".join(
-            f"{k}: {m['flagged_results']} of the timed and warm-up calls ({'; '.join(m.get('flags') or [])})"
+            f"{k}: {m['flagged_results']} calls flagged, first inference and warm-up included "
+            f"({'; '.join(m.get('flags') or [])})"
             for k, m in flagged.items()) + "."]
     idle = {c.name: _idle_stages(c) for c in run.configurations if _idle_stages(c)}
     if idle:
