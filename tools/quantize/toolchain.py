@@ -13,6 +13,8 @@ def dataset_for_export(meta: dict[str, Any], *, chw: tuple, calib_n: int) -> dat
     card = meta.get("dataset")
     if not isinstance(card, dict) or not isinstance(card.get("name"), str):
         raise InputError("model.json has no dataset card with a 'name'; pass dataset= (raw splits or a QuantDataset)")
+    if card.get("kind") == "dicom_folder":  # a user's DICOM folder (tools.byom / tools.dataset)
+        return _dicom_folder(meta, card, chw, calib_n)
     from tools.data import _module, load_dataset
 
     name, seed = card["name"], int(card.get("seed", 0))
@@ -48,3 +50,20 @@ def _inputs(images, spec):
     from tools.data.inputs import model_inputs
 
     return model_inputs(images, spec)
+
+
+def _dicom_folder(meta: dict[str, Any], card: dict[str, Any], chw: tuple, calib_n: int) -> data_mod.QuantDataset:
+    """The calib/val/test splits of the user's DICOM folder that model.json's card names, reopened with the
+    same spec and splits file; InputError if the files changed since the model was trained."""
+    from tools import model_spec
+    from tools.dataset import open_folder
+    from tools.dataset.quant import quant_dataset
+
+    spec = model_spec.from_dict(meta.get("spec") or {}, "model.json 'spec'")
+    folder = open_folder(card["root"], spec, labels=card.get("labels_file"), masks=card.get("masks_dir"),
+                         splits=card.get("splits_file"))
+    if folder.fingerprint != card.get("fingerprint"):
+        raise InputError(f"{card['root']}: the DICOM folder, its labels/masks or splits changed since this model was "
+                         f"trained (fingerprint {folder.fingerprint} != {card.get('fingerprint')}); retrain, or pass "
+                         f"dataset= explicitly")
+    return quant_dataset(folder, chw, calib_n)
