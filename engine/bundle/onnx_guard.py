@@ -22,8 +22,6 @@ seconds of start-up on a small device, is not needed to open a bundle).
 """
 from __future__ import annotations
 
-import struct
-
 from engine.errors import BundleError
 
 MAX_LOOP_ITERATIONS = 1 << 16  # over all nested Loops of one path; far above any image model's need

@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import zipfile
+import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -243,11 +244,8 @@ def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Pa
     try:
         with zf.open(info) as fh:
             raw = fh.read(limit + 1)  # zipfile checks the CRC-32 when the member is read to its end
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError, RuntimeError, zlib.error) as exc:
         raise BundleError(f"bundle {path}: member {name!r} is corrupted ({exc}); {_REBUILD}") from None
-    except Exception as exc:  # zlib.error and friends from a hostile deflate stream
-        raise BundleError(f"bundle {path}: member {name!r} is corrupted ({type(exc).__name__}: {exc}); "
-                          f"{_REBUILD}") from None
     if len(raw) > limit:
         raise BundleError(f"bundle {path}: {name} inflates to more than {limit} bytes; {_REBUILD}")
     return raw
@@ -311,7 +309,7 @@ def open_bundle(path: os.PathLike[str] | str, *, verify: bool = True, trusted_ke
     if not path.is_file():
         raise BundleError(f"no bundle at {path}" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - held by the Bundle until close()
     except OSError as exc:
         raise BundleError(f"cannot open bundle {path}: {exc.strerror or exc}") from exc
     try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BundleError, InputError, SignatureError
+from engine.errors import InputError, SignatureError
 
 SIGNATURE = "signature.json"
 DOMAIN = b"slicert-bundle-manifest-signature-v1\0"

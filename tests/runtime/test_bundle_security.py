@@ -13,18 +13,16 @@ import textwrap
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import tiny_models
 from onnx import TensorProto, helper, numpy_helper
 
 import engine
-import tiny_models
-from engine.bundle import build_bundle, open_bundle, write_bundle
-from engine.bundle import signing
+from engine.bundle import build_bundle, open_bundle, signing, write_bundle
 from engine.errors import AccuracyGateError, BundleError, DicomError, InputError, SignatureError
 
 FP32 = "onnx/model.fp32.onnx"
@@ -238,7 +236,7 @@ def test_manifest_deflate_bomb_is_refused_before_inflating(tmp_path):
 
 
 def test_manifest_whose_header_understates_its_size_is_capped(fp32_bundle, tmp_path):
-    manifest, members = _parts(fp32_bundle)
+    manifest, _ = _parts(fp32_bundle)
     raw = json.dumps(manifest).encode()
     p = _zip(tmp_path / "liar.slicert", [("manifest.json", raw + b" " * 5000, zipfile.ZIP_DEFLATED)])
     data = bytearray(p.read_bytes())
@@ -361,7 +359,7 @@ def test_signed_bundle_verifies_with_its_key_and_only_with_it(fp32_bundle, tmp_p
 
 
 def test_a_signed_bundle_edited_after_signing_is_refused(fp32_bundle, tmp_path, keys):
-    priv, pub, fp = keys["a"]
+    priv, pub, _ = keys["a"]
     signed = _rewrite(fp32_bundle, tmp_path / "s.slicert", sign_key=priv)
     with zipfile.ZipFile(signed) as zf:
         entries = [(i.filename, zf.read(i.filename), zipfile.ZIP_STORED) for i in zf.infolist()]
@@ -372,7 +370,7 @@ def test_a_signed_bundle_edited_after_signing_is_refused(fp32_bundle, tmp_path, 
     for kw in ({}, {"trusted_keys": [pub]}):
         with pytest.raises(SignatureError, match=r"does not match the manifest"):
             engine.load(tampered, **kw)
-    sig = json.loads(dict((n, d) for n, d, _ in entries)["signature.json"])
+    sig = json.loads({n: d for n, d, _ in entries}["signature.json"])
     sig["fingerprint"] = "0" * 64
     forged = _zip(tmp_path / "f.slicert", [(n, json.dumps(sig).encode() if n == "signature.json" else d, c)
                                            for n, d, c in entries])
@@ -395,7 +393,7 @@ def test_private_key_given_as_trusted_key_is_refused(fp32_bundle, keys):
 def test_cli_keygen_build_sign_and_inspect(model_dirs, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
-                              env={**os.environ, "COLUMNS": "200"})
+                              env={**os.environ, "COLUMNS": "200"}, check=False)
     r = cli("keygen", tmp_path / "k.pem")
     assert r.returncode == 0, r.stderr
     fp = r.stdout.split("fingerprint ")[1].strip()
@@ -437,7 +435,7 @@ def test_bundle_truncated_after_open_does_not_kill_the_process(fp32_bundle, tmp_
         except BundleError as exc:
             print("reload: BundleError")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, f"process died with {r.returncode}: {r.stderr[-2000:]}"
     assert r.stdout.split("\n")[:3] == ["read: BundleError True", "run after truncation equal: True",
                                         "reload: BundleError"], r.stdout
@@ -477,7 +475,7 @@ def test_model_input_dtype_must_be_the_spec_dtype(fp32_bundle, tmp_path):
 
 
 def test_max_batch_is_bounded_before_allocating(fp32_bundle, monkeypatch):
-    import engine.session as session
+    from engine import session
 
     for n in (4097, 100_000):
         t0 = time.perf_counter()
@@ -500,9 +498,8 @@ def test_new_result_sizes_are_input_errors(seg_bundle, hw):
 def test_paths_with_nul_bytes_are_typed(fp32_bundle):
     with pytest.raises(BundleError, match=r"NUL byte"):
         engine.load(str(fp32_bundle) + "\0.txt")
-    with engine.load(fp32_bundle) as s:
-        with pytest.raises(DicomError, match=r"NUL byte"):
-            s.run("/tmp/image\0.dcm")
+    with engine.load(fp32_bundle) as s, pytest.raises(DicomError, match=r"NUL byte"):
+        s.run("/tmp/image\0.dcm")
 
 
 # -- Security 4: inspect prints nothing a terminal would execute ----------------------------------------
@@ -539,8 +536,9 @@ def test_tensorrt_host_code_needs_a_verified_signature(model_dirs, tmp_path, key
     """Version-compatible plans run host code from the bundle: only with a trusted signature. Runs on the
     host-memory emulation of TensorRT (tests/runtime/fake_device_trt.py, not GPU verification), which
     refuses such plans unless engine_host_code_allowed is set, as TensorRT does."""
-    import engine.device
     import fake_device_trt as fake
+
+    import engine.device
 
     priv, pub, fp = keys["a"]
     dev = fake.EmulatedDevice()
