@@ -4,8 +4,8 @@ Standard codes (SNOMED CT, DCM, UCUM) wherever one means exactly what is reporte
 labels are free text chosen by whoever trained the model ("organ", "nodule"), so they are coded in a
 private scheme, 99SLICERT (PS3.16 8.2: designators starting with "99" are private), declared in each
 object's Coding Scheme Identification Sequence: a reader sees that the concept is model-defined
-instead of being told a guessed SNOMED code. A bundle may map labels to standard codes in
-manifest model.label_codes = {label: {"category": [value, scheme, meaning], "type": [...]}}.
+instead of being told a guessed SNOMED code. (Standard codes per label would have to be recorded by
+the toolchain in the bundle; bundles do not carry them yet.)
 """
 from __future__ import annotations
 
@@ -43,12 +43,8 @@ def local(pair: tuple[str, str]):
     return coded(pair[0], pair[1])
 
 
-def class_concept(label: str, index: int, label_codes: dict | None = None, role: str = "type"):
-    """The coded concept of model class `index` (its label), standard when the bundle maps it."""
-    entry = (label_codes or {}).get(label) or {}
-    code = entry.get(role)
-    if isinstance(code, (list, tuple)) and len(code) == 3 and all(isinstance(c, str) and c for c in code):
-        return coded(code[0], code[2], code[1])
+def class_concept(label: str, index: int):
+    """The coded concept of model class `index` (its label)."""
     return coded(_value(label, index), label)
 
 

@@ -42,7 +42,7 @@ def segment_classes(labels: Sequence[str]) -> list[tuple[int, int, str]]:
     return [(n, i, labels[i]) for n, i in enumerate(range(start, len(labels)), start=1)]
 
 
-def _segment_descriptions(ident: ModelIdentity, label_codes: dict | None):
+def _segment_descriptions(ident: ModelIdentity):
     import highdicom as hd
     from pydicom.sr.codedict import codes as std
 
@@ -50,16 +50,12 @@ def _segment_descriptions(ident: ModelIdentity, label_codes: dict | None):
         name=ident.name[:64], family=std.cid7162.ArtificialIntelligence, version=ident.version[:64],
         source=MANUFACTURER, parameters={"bundle_sha256": ident.bundle_sha256, "precision": ident.variant,
                                          "backend": ident.backend})
-    out = []
-    for number, index, label in segment_classes(ident.labels):
-        out.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=label[:64],
-            segmented_property_category=codes.class_concept(label, index, label_codes, "category")
-            if label_codes and (label_codes.get(label) or {}).get("category") else codes.local(codes.MODEL_CLASS),
-            segmented_property_type=codes.class_concept(label, index, label_codes, "type"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
-            tracking_uid=hd.UID(), tracking_id=f"{ident.name} {label}"[:64]))
-    return out
+    return [hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label[:64], segmented_property_category=codes.local(codes.MODEL_CLASS),
+        segmented_property_type=codes.class_concept(label, index),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
+        tracking_uid=hd.UID(), tracking_id=f"{ident.name} {label}"[:64])
+        for number, index, label in segment_classes(ident.labels)]
 
 
 def _stack(results, ident: ModelIdentity, rows: int, cols: int) -> np.ndarray:
@@ -129,7 +125,7 @@ def _reference_frame(seg, source, frame_number: int) -> None:
     Sequence, also inside Derivation Image Sequence) get Referenced Frame Number (1-based)."""
     uid, sop_class = str(source.SOPInstanceUID), str(source.SOPClassUID)
 
-    def walk(ds, in_source_seq: bool):
+    def walk(ds):
         for elem in ds:
             if elem.VR != "SQ":
                 continue
@@ -138,8 +134,8 @@ def _reference_frame(seg, source, frame_number: int) -> None:
                     item.ReferencedSOPClassUID = sop_class
                     if elem.keyword == "SourceImageSequence":
                         item.ReferencedFrameNumber = frame_number
-                walk(item, elem.keyword == "SourceImageSequence")
-    walk(seg, False)
+                walk(item)
+    walk(seg)
 
 
 def build_segs(results: Sequence, source, *, series_instance_uid: str | None = None,
@@ -167,14 +163,14 @@ def build_segs(results: Sequence, source, *, series_instance_uid: str | None = N
         raise InputError(f"build_segs: two results for the same source frame ({sorted(frames)})")
     rows, cols = int(ds.Rows), int(ds.Columns)
     stack = _stack(results, ident, rows, cols)
-    label_codes = getattr(ident, "label_codes", None)
     series_uid = series_instance_uid or hd.UID()
     common = {"segmentation_type": hd.seg.SegmentationTypeValues.BINARY, "series_instance_uid": series_uid,
-                  "series_number": series_number, "manufacturer": MANUFACTURER, "manufacturer_model_name": ident.name[:64],
-                  "software_versions": ident.software_version, "device_serial_number": ident.bundle_sha256[:16],
-                  "content_label": "SLICERT", "content_description": f"{ident.name} ({ident.variant})"[:64],
-                  "omit_empty_frames": False, "series_description": (series_description or f"SliceRT SEG {ident.name}")[:64]}
-    descriptions = _segment_descriptions(ident, label_codes)
+              "series_number": series_number, "manufacturer": MANUFACTURER,
+              "manufacturer_model_name": ident.name[:64], "software_versions": ident.software_version,
+              "device_serial_number": ident.bundle_sha256[:16], "content_label": "SLICERT",
+              "content_description": f"{ident.name} ({ident.variant})"[:64], "omit_empty_frames": False,
+              "series_description": (series_description or f"SliceRT SEG {ident.name}")[:64]}
+    descriptions = _segment_descriptions(ident)
     if not descriptions:
         raise InputError(f"model {ident.name} has no class besides background: nothing to put in a SEG")
 
