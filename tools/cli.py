@@ -1,4 +1,4 @@
-"""`slicert train | distill | export` (and `python -m tools.train|distill|export`).
+"""`slicert train | distill | export` (and `python -m tools train|distill|export`).
 
 Each command runs the toolchain up to its step for the chosen tasks, reusing every cached step in
 --out: `train` = data + teacher + student alone; `distill` = + distilled student; `export` = + ONNX
@@ -183,7 +183,8 @@ def register(app: typer.Typer) -> None:
 
 
 def run_step(step: str) -> None:
-    """Entry point of `python -m tools.<step>`: a one-command app."""
+    """Entry point of `python -m tools <step>` (tools/__main__.py): a one-command app. The steps themselves
+    (train, distill, export) never import this module: progress flows from them to the caller's callback."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     _command(app, step, f"SliceRT toolchain step {step!r} (see `slicert {step} --help`).")
     app()

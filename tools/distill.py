@@ -51,9 +51,3 @@ def distill_model(arch: str, teacher: nn.Module, data: TaskTensors, cfg: TrainCo
                  progress=progress)
     record["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
     return student, record
-
-
-if __name__ == "__main__":
-    from tools.cli import run_step
-
-    run_step("distill")

@@ -216,9 +216,3 @@ def build_export(model, *, name: str, task: str, labels: tuple[str, ...], spec, 
 def load_sidecar(export_dir: str | Path) -> dict:
     with open(Path(export_dir) / "model.json", encoding="utf-8") as f:
         return json.load(f)
-
-
-if __name__ == "__main__":
-    from tools.cli import run_step
-
-    run_step("export")

@@ -210,9 +210,3 @@ def train_model(arch: str, data: TaskTensors, cfg: TrainConfig, *, progress: Pro
     record = fit(model, data, cfg, supervised_loss(data.task, data.num_classes, cfg.dice_weight, weights),
                  progress=progress)
     return model, record
-
-
-if __name__ == "__main__":
-    from tools.cli import run_step
-
-    run_step("train")
