@@ -11,11 +11,13 @@ supported dtype, only BitsStored bits significant (PS3.5 8.1.1), and colour as R
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from engine.dicom import offsets
 from engine.dicom.capture import pydicom_warnings
 from engine.dicom.codestream import has_end_marker, needs_end_marker, size_statements
 from engine.dicom.color import Palette, ybr_full_to_rgb
@@ -61,9 +63,11 @@ class FrameDecoder:
         }
         self._all: np.ndarray | None = None
         self._pixel_data = ds[pm.pixel_keyword].value
-        offsets = (raw(ds, "ExtendedOffsetTable", source), raw(ds, "ExtendedOffsetTableLengths", source))
-        self._extended_offsets = offsets if None not in offsets else None
-        if not pm.encapsulated:
+        tables = (raw(ds, "ExtendedOffsetTable", source), raw(ds, "ExtendedOffsetTableLengths", source))
+        self._extended_offsets = tables if None not in tables else None
+        if pm.encapsulated:
+            self._check_offset_tables()
+        else:
             self._options["view_only"] = True
             self._check_native_length()
 
@@ -155,6 +159,35 @@ class FrameDecoder:
                 raise fail(self._source, "PixelData", f"frame {index}: the codestream declares {st.components} "
                                                       f"component(s) ({st.where}) but SamplesPerPixel is "
                                                       f"{pm.samples_per_pixel}; refusing to decode it")
+
+    def _check_offset_tables(self) -> None:
+        """Use the Basic / Extended Offset Tables only after checking them against the fragments
+        (engine.dicom.offsets); a table that fails is dropped, for pydicom's decoder too."""
+        pm = self._pm
+        frag = offsets.fragments(self._pixel_data)
+        if frag is None:
+            return
+        problem = offsets.basic_table_problem(frag, pm.number_of_frames)
+        drop_basic = problem is not None
+        if drop_basic:
+            self.notes.append(f"Basic Offset Table {problem}: ignored, frames located by walking the fragments")
+        drop_extended = False
+        if self._extended_offsets is not None:
+            values = []
+            for data in self._extended_offsets:
+                data = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b""
+                values.append(struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8]) if data else ())
+            problem = offsets.extended_table_problem(frag, pm.number_of_frames, values[0], values[1])
+            if problem is not None:
+                drop_extended = True
+                self._extended_offsets = None
+                self.notes.append(f"Extended Offset Table {problem}: ignored, frames located by walking the "
+                                  f"fragments")
+        if drop_basic or drop_extended:
+            replaced = offsets.without_basic_table(self._pixel_data) if drop_basic else None
+            self._ds = offsets.decode_view(self._ds, pm.pixel_keyword, replaced, drop_extended)
+            if replaced is not None:
+                self._pixel_data = replaced
 
     def _check_native_length(self) -> None:
         pm = self._pm

@@ -24,7 +24,8 @@ from tests.corpus.dicom_files import _fragments, _raw, _re_encapsulate, _read, _
 def _cases_padding(add: Callable) -> None:
     """Trailing zero padding shorter than one frame is valid (pydicom reads it); anything else is not."""
     add("padding/MR_small_padded/as-is", parent_path("MR_small_padded.dcm").read_bytes(), "session.run", ACCEPTED,
-        "", "MR_small_padded.dcm: 128 bytes of zero padding after the pixels (pydicom decodes it as MR_small)")
+        "", "MR_small_padded.dcm: 128 bytes of zero padding after the pixels (pydicom decodes it as MR_small)",
+        same_as="MR_small.dcm")
     for parent, name, pad, expect, why in (
             ("CT_small.dcm", "zeros-2", b"\0" * 2, ACCEPTED, "2 zero bytes of padding"),
             ("CT_small.dcm", "zeros-1000", b"\0" * 1000, ACCEPTED, "1000 zero bytes of padding"),
@@ -36,8 +37,9 @@ def _cases_padding(add: Callable) -> None:
         ds = _read(parent)
         ds.PixelData = ds.PixelData + pad
         entry = "session.stream" if parent.startswith("emri") else "session.run"
+        same = {"same_as": parent} if expect == ACCEPTED else {}
         add(f"padding/{parent[:-4]}/{name}", _write(ds), entry,
-            expect, "" if expect == ACCEPTED else r"PixelData.*inconsistent", f"{parent}: {why}")
+            expect, "" if expect == ACCEPTED else r"PixelData.*inconsistent", f"{parent}: {why}", **same)
 
 
 def segmented_lut_words(fan_out: int, layers: int, leaf: str = "discrete0", bits: int = 16) -> list[int]:
@@ -165,7 +167,8 @@ def _cases_jp2_boxes(add: Callable) -> None:
                  "4 KB of zeros before the SOC marker: no size can be read")):
             add(f"jp2/{stem}/{name}", mutated(fn), entry, expect, match, f"{parent}: {why}")
     add("jp2/JPEG2000/jp2-valid-wrapper", _jp2_valid(xml), "session.run", ACCEPTED, "",
-        "JPEG2000.dcm's codestream in a valid JP2 wrapper with an 8 KB XML box first (decodes as before)")
+        "JPEG2000.dcm's codestream in a valid JP2 wrapper with an 8 KB XML box first (decodes as before)",
+        same_as="JPEG2000.dcm")
     ds = _read("SC_rgb_jpeg_dcmtk.dcm")
     app = b"\xff\xe5" + struct.pack(">H", 10002) + bytes(10000)
     frames = [f[:2] + app + f[2:] for f in _fragments(ds)]
@@ -272,7 +275,7 @@ def _cases_deflate(add: Callable) -> None:
         head, pixel, tail = _explicit_le(_read(parent))
         stem = parent[:-4]
         add(f"deflate/{stem}/valid", deflated_file([head, pixel, tail]), "session.run", ACCEPTED, "",
-            f"{parent} re-encoded in the Deflated syntax")
+            f"{parent} re-encoded in the Deflated syntax", same_as=parent)
         add(f"deflate/{stem}/trailer-bomb-1.5GiB",
             deflated_file([head, pixel, _element(0xFFFC, 0xFFFC, b"OB", 3 * GIB // 2), Zeros(3 * GIB // 2)]),
             "session.run", "DicomError", r"PixelData.*inflates beyond",
@@ -366,8 +369,88 @@ def _offset_of(data: bytes, ds, tag) -> int:
     return elem.value_tell - header
 
 
+def encapsulate(ds, frames: list[list[bytes]], basic: list[int] | None = None,
+                extended: tuple[list[int], list[int]] | None = None) -> None:
+    """Encapsulated Pixel Data (PS3.5 A.4) from frames given as fragment lists, with a Basic Offset
+    Table (`basic`: None = the correct offsets, [] = empty, else written as given) and optionally an
+    Extended Offset Table (PS3.3 C.7.6.3.1.8) written as given."""
+    from pydicom.dataelem import DataElement
+
+    body = bytearray()
+    starts = []
+    for fragments in frames:
+        starts.append(len(body))
+        for f in fragments:
+            f = f + b"\0" * (len(f) % 2)
+            body += b"\xfe\xff\x00\xe0" + struct.pack("<I", len(f)) + f
+    table = starts if basic is None else basic
+    bot = b"\xfe\xff\x00\xe0" + struct.pack(f"<I{len(table)}I", 4 * len(table), *table)
+    ds.PixelData = bytes(bot + body)
+    ds["PixelData"].is_undefined_length = True
+    if extended is not None:
+        ds[0x7FE00001] = DataElement(0x7FE00001, "OV", struct.pack(f"<{len(extended[0])}Q", *extended[0]))
+        ds[0x7FE00002] = DataElement(0x7FE00002, "OV", struct.pack(f"<{len(extended[1])}Q", *extended[1]))
+
+
+def _frames_of(ds) -> list[bytes]:
+    from pydicom.encaps import generate_frames
+
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+
+
+def _cases_offset_tables(add: Callable) -> None:
+    for parent in ("emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm"):
+        stem = parent[:-4]
+        frames = _frames_of(_read(parent))
+        n = len(frames)
+        sizes = [len(f) + len(f) % 2 for f in frames]
+        right = [sum(8 + s for s in sizes[:i]) for i in range(n)]
+        swapped = list(right)
+        swapped[2], swapped[3] = swapped[3], swapped[2]
+        mid = list(right)
+        mid[4] += 2
+        beyond = list(right)
+        beyond[-1] = right[-1] + 10**6
+        basics = (("bot-correct", right, ACCEPTED), ("bot-all-zero", [0] * n, ACCEPTED),
+                  ("bot-frames-2-3-swapped", swapped, ACCEPTED), ("bot-reversed", right[::-1], ACCEPTED),
+                  ("bot-half-the-entries", right[: n // 2], ACCEPTED), ("bot-entry-inside-a-fragment", mid, ACCEPTED),
+                  ("bot-last-entry-beyond-the-data", beyond, ACCEPTED),
+                  ("bot-first-entry-not-zero", [right[1]] + right[1:], ACCEPTED))
+        for name, table, expect in basics:
+            ds = _read(parent)
+            encapsulate(ds, [[f] for f in frames], basic=table)
+            add(f"offsets/{stem}/{name}", _write(ds), "session.stream", expect, "",
+                f"{parent}: Basic Offset Table {name[4:].replace('-', ' ')}: frames must still be the file's frames",
+                same_as=parent)
+        lengths = [len(f) for f in frames]
+        eot_swapped = (swapped, lengths)
+        extendeds = (("eot-correct", (right, lengths)), ("eot-all-zero", ([0] * n, lengths)),
+                     ("eot-frames-2-3-swapped", eot_swapped), ("eot-lengths-all-one", (right, [1] * n)),
+                     ("eot-lengths-swapped", (right, lengths[1:] + lengths[:1])),
+                     ("eot-one-entry-short", (right[:-1], lengths[:-1])))
+        for name, table in extendeds:
+            ds = _read(parent)
+            encapsulate(ds, [[f] for f in frames], basic=[], extended=table)
+            add(f"offsets/{stem}/{name}", _write(ds), "session.stream", ACCEPTED, "",
+                f"{parent}: Extended Offset Table {name[4:].replace('-', ' ')}: frames must still be the file's "
+                f"frames", same_as=parent)
+    # JPEG 2000 frames split into two fragments each: the table is what tells the fragments apart
+    parent = "emri_small_jpeg_2k_lossless.dcm"
+    frames = _frames_of(_read(parent))
+    split = [[f[: len(f) // 2 & ~1], f[len(f) // 2 & ~1:]] for f in frames]
+    sizes = [sum(8 + len(p) + len(p) % 2 for p in parts) for parts in split]
+    right = [sum(sizes[:i]) for i in range(len(split))]
+    for name, table in (("two-fragments-bot-correct", right), ("two-fragments-bot-all-zero", [0] * len(right)),
+                        ("two-fragments-bot-swapped", right[1:2] + right[:1] + right[2:])):
+        ds = _read(parent)
+        encapsulate(ds, split, basic=table)
+        add(f"offsets/{parent[:-4]}/{name}", _write(ds), "session.stream", ACCEPTED, "",
+            f"{parent} with every frame in two fragments and a Basic Offset Table "
+            f"{name.split('bot-')[1].replace('-', ' ')}", same_as=parent)
+
+
 GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes, _cases_deflate,
-                                _cases_declared_lengths)
+                                _cases_declared_lengths, _cases_offset_tables)
 
 
 def generate(out: Path) -> list[Case]:

@@ -202,3 +202,54 @@ def test_deflate_bomb_is_refused_within_a_memory_bound(where, peak_mib):
     finally:
         tracemalloc.stop()
     assert peak < peak_mib * MIB, f"{peak / MIB:.1f} MiB"
+
+
+# -- Basic / Extended Offset Tables are checked before they locate frames -----------------------------
+def _emri_with_tables(name: str, basic, extended=None):
+    from tests.corpus.hostile_dicom import _frames_of, encapsulate
+
+    ds = pydicom.dcmread(data_file(name))
+    frames = _frames_of(ds)
+    sizes = [len(f) + len(f) % 2 for f in frames]
+    right = [sum(8 + s for s in sizes[:i]) for i in range(len(frames))]
+    lengths = [len(f) for f in frames]
+    encapsulate(ds, [[f] for f in frames], basic=basic(right), extended=None if extended is None else
+                extended(right, lengths))
+    return _bytes(ds)
+
+
+def _swap23(x):
+    x = list(x)
+    x[2], x[3] = x[3], x[2]
+    return x
+
+
+@pytest.mark.parametrize("name", ["emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm"])
+@pytest.mark.parametrize("basic,extended,note", [
+    (lambda r: [0] * len(r), None, "Basic Offset Table entries 0 and 1 (0, 0) do not increase"),
+    (_swap23, None, "Basic Offset Table entries 2 and 3"),
+    (lambda r: r[:5], None, "Basic Offset Table has 5 entries for NumberOfFrames 10"),
+    (lambda r: r[:4] + [r[4] + 2] + r[5:], None, "entry 4"),
+    (lambda r: [], lambda r, n: (_swap23(r), n), "Extended Offset Table entries 2 and 3"),
+    (lambda r: [], lambda r, n: (r, n[1:] + n[:1]), "Extended Offset Table length 0"),
+    (lambda r: [], lambda r, n: ([0] * len(r), n), "Extended Offset Table entries 0 and 1"),
+])
+def test_broken_offset_tables_never_return_another_frame(name, basic, extended, note):
+    from pydicom.pixels import pixel_array
+
+    seq = dicom.read(_emri_with_tables(name, basic, extended))
+    want = pixel_array(data_file(name))
+    for i in (3, 2, 9, 0):  # random access: each frame located on its own
+        np.testing.assert_array_equal(seq[i].pixels, want[i])
+    np.testing.assert_array_equal(np.stack([s.pixels for s in seq]), want)  # and in order
+    assert any(note in n for n in seq.decode_warnings), seq.decode_warnings
+
+
+def test_valid_offset_tables_are_used_without_a_note():
+    from pydicom.pixels import pixel_array
+
+    seq = dicom.read(_emri_with_tables("emri_small_RLE.dcm", lambda r: r))
+    np.testing.assert_array_equal(seq[7].pixels, pixel_array(data_file("emri_small_RLE.dcm"))[7])
+    seq = dicom.read(_emri_with_tables("emri_small_RLE.dcm", lambda r: [], lambda r, n: (r, n)))
+    np.testing.assert_array_equal(seq[5].pixels, pixel_array(data_file("emri_small_RLE.dcm"))[5])
+    assert not any("Offset Table" in n for n in seq.decode_warnings)

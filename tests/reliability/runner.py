@@ -146,6 +146,7 @@ def _call(case: Case, sessions: Sessions) -> Any:
             if isinstance(kw.get(key), dict) and "make" in kw[key]:
                 kw[key] = materialize(kw[key], session.spec)
         kw.pop("reference", None)
+        kw.pop("same_as", None)
         if case.entry == "session.run":
             return session.run(x, **kw)
         if case.entry == "session.stream":
@@ -204,15 +205,40 @@ def _check_accepted(case: Case, result: Any, sessions: Sessions) -> str | None:
     if case.entry == "postprocess":
         ok = isinstance(result, np.ndarray) and result.dtype == np.uint8 and not result.any()
         return None if ok else f"expected an all-background uint8 mask, got {result!r}"
-    scores = getattr(result, "scores", None)
-    if scores is None or scores.shape != (len(sessions.classifier.labels),) or not np.isfinite(scores).all():
-        return f"accepted input gave a malformed result: {result!r}"
+    if case.entry == "session.stream":  # one result per frame
+        if not isinstance(result, list) or not result:
+            return f"accepted input gave no frames: {result!r}"
+        problems = [_check_scores(r, sessions) for r in result]
+        if any(problems):
+            return next(p for p in problems if p)
+    else:
+        problem = _check_scores(result, sessions)
+        if problem:
+            return problem
+    if case.kwargs.get("same_as"):
+        # the same image as a valid file (e.g. frames found again after a broken offset table)
+        from tests.corpus.dicom_files import parent_path
+
+        session = _session(sessions, case.kwargs.get("session", "classifier"))
+        parent = str(parent_path(case.kwargs["same_as"]))
+        want = [r.scores for r in session.stream(parent, drop_stale=False)] if case.entry == "session.stream" \
+            else [session.run(parent).scores]
+        got = [r.scores for r in (result if isinstance(result, list) else [result])]
+        if len(got) != len(want) or not all(np.array_equal(g, w) for g, w in zip(got, want)):
+            return f"scores differ from those of {case.kwargs['same_as']}: {got} != {want}"
     if case.kwargs.get("reference") == "contiguous":
         session = _session(sessions, case.kwargs.get("session", "classifier"))
         x = materialize(case.recipe, session.spec)
         ref = session.run(np.ascontiguousarray(x)).scores
-        if not np.array_equal(scores, ref):
-            return f"scores {scores} differ from the same pixels given contiguously: {ref}"
+        if not np.array_equal(result.scores, ref):
+            return f"scores {result.scores} differ from the same pixels given contiguously: {ref}"
+    return None
+
+
+def _check_scores(result: Any, sessions: Sessions) -> str | None:
+    scores = getattr(result, "scores", None)
+    if scores is None or scores.shape != (len(sessions.classifier.labels),) or not np.isfinite(scores).all():
+        return f"accepted input gave a malformed result: {result!r}"
     return None
 
 
