@@ -195,15 +195,28 @@ def bench_embedded(bundle: Path, build: Path, frames: int) -> dict:
     return out
 
 
-def bench_restart(bundle: Path, driver: Path, repeats: int) -> dict:
+def _wait_standby(w, timeout_s: float = 180.0) -> None:
+    from engine.worker import layout as L
+
+    t0 = time.monotonic()
+    while w.seg.u32(L.H_STANDBY_PID) == 0:
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError("the standby worker never loaded")
+        time.sleep(0.05)
+
+
+def bench_restart(bundle: Path, driver: Path, repeats: int, standby: bool) -> dict:
+    """SIGKILL the supervised worker `repeats` times; ms until the same client handle has a result again."""
     from tests.firmware.fwutil import Interactive, WorkerProcess
 
-    w = WorkerProcess(bundle, supervise=True, hang_timeout_ms=2000)
+    w = WorkerProcess(bundle, supervise=True, standby=standby, hang_timeout_ms=2000)
     d = Interactive(driver, w.name, "still", H, W, H, W)
     recover_ms, ready_ms = [], []
     try:
         assert d.cmd("small 20") == "OK 20"
         for _ in range(repeats):
+            if standby:
+                _wait_standby(w)
             epoch = w.epoch
             t_kill = time.monotonic()
             os.kill(w.worker_pid, signal.SIGKILL)
@@ -282,6 +295,16 @@ def markdown(report: dict) -> list[str]:
         "ONNX Runtime import, bundle verification and load). The client gets its error code for the "
         "frame in flight within tens of milliseconds (tests/firmware/test_isolated.py); the restart time is "
         "how long the firmware runs without inference.",
+    ]
+    rs = report.get("restart_standby")
+    if rs:
+        lines += [
+            "",
+            f"With `--standby` (a second worker kept loaded, waiting to take over): median {rs['median_ms']:.0f} ms "
+            f"({', '.join(f'{v:.0f}' for v in rs['kill_to_first_result_ms'])}), at the cost of a second worker "
+            "process's memory.",
+        ]
+    lines += [
         END,
     ]
     return lines
@@ -345,7 +368,8 @@ def measure(a) -> dict:
         }
         report["isolated"] = bench_isolated(bundle, driver, a.rounds, a.block, a.rt_priority or None)
         report["embedded"] = bench_embedded(bundle, tmp / "embedded", a.embedded_frames)
-        report["restart"] = bench_restart(bundle, driver, a.restarts)
+        report["restart"] = bench_restart(bundle, driver, a.restarts, standby=False)
+        report["restart_standby"] = bench_restart(bundle, driver, a.restarts, standby=True)
         report["loadavg_after"] = os.getloadavg()
     return report
 

@@ -17,6 +17,12 @@ def register(app: typer.Typer) -> None:
         slots: int = typer.Option(4, help="Frame slots per lane."),
         max_frame_bytes: int = typer.Option(4 << 20, help="Largest frame a slot holds, in bytes."),
         max_mask_pixels: int = typer.Option(1 << 20, help="Largest label mask a slot holds, in pixels."),
+        standby: bool = typer.Option(
+            False,
+            "--standby",
+            help="With --supervise: keep a second, loaded worker waiting, so a restart "
+            "takes milliseconds (costs a second worker's memory).",
+        ),
         hang_timeout_ms: int = typer.Option(
             1000, help="A worker silent this long counts as hung (ms); must exceed the slowest frame."
         ),
@@ -48,4 +54,6 @@ def register(app: typer.Typer) -> None:
             backend=backend,
             spin_us=spin_us,
         )
-        raise typer.Exit(run_supervised(opts, geometry) if supervise else run_standalone(opts, geometry))
+        raise typer.Exit(
+            run_supervised(opts, geometry, standby=standby) if supervise else run_standalone(opts, geometry)
+        )

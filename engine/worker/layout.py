@@ -56,6 +56,7 @@ H_HANG_TIMEOUT_MS = 68  # u32: a worker silent this long is hung (clients and su
 H_SEGMENT_ID = 72  # u64 random, changes when the segment is re-created
 H_SUPERVISOR_PID = 80  # u32, 0 = standalone worker
 H_RESTARTS = 84  # u32 worker restarts done by the supervisor
+H_STANDBY_PID = 88  # u32 pid of a loaded standby worker, 0 = none (supervisor --standby)
 # worker block
 H_WORKER_PID = 128  # u32
 H_WORKER_EPOCH = 132  # u32, +1 at every worker start

@@ -60,13 +60,30 @@ class _StopFlag:
         signal.signal(signal.SIGINT, handler)
 
 
-def serve_on(opts: WorkerOptions, segment: L.Segment, should_stop) -> None:
-    """Load the session, take over `segment`, serve until should_stop(). Start-up time is logged."""
+def load_session(opts: WorkerOptions):
+    """engine.load + one warm-up frame, so the first real frame does not pay ONNX Runtime's lazy set-up."""
+    import numpy as np
+
     import engine
+
+    session = engine.load(opts.bundle, backend=opts.backend, precision=opts.precision, threads=opts.threads)
+    try:
+        session.run(np.zeros((max(64, session.min_side), max(64, session.min_side)), np.uint16))
+    except Exception:
+        session.close()
+        raise
+    return session
+
+
+def serve_on(
+    opts: WorkerOptions, segment: L.Segment, should_stop, session=None, t0: float | None = None
+) -> None:
+    """Take over `segment` with `session` (loaded here if None) and serve until should_stop()."""
     from engine.worker.serve import Worker
 
-    t0 = time.perf_counter()
-    session = engine.load(opts.bundle, backend=opts.backend, precision=opts.precision, threads=opts.threads)
+    t0 = time.perf_counter() if t0 is None else t0
+    if session is None:
+        session = load_session(opts)
     try:
         worker = Worker(session, segment, log=_log)
         worker.start()
@@ -97,7 +114,9 @@ def run_standalone(opts: WorkerOptions, geometry: L.Geometry) -> int:
 
 
 def child_main(argv: list[str]) -> int:
-    """`python -m engine.worker --attach ...`: the supervised worker, attaching to the supervisor's segment."""
+    """`python -m engine.worker ...`: the supervised worker. It loads the session, then waits for one line
+    on stdin from the supervisor ("go") before it attaches to the segment, so a standby worker is ready to
+    take over in milliseconds; end of input means the supervisor is gone: exit."""
     p = argparse.ArgumentParser(prog="python -m engine.worker")
     p.add_argument("--bundle", required=True)
     p.add_argument("--shm", required=True)
@@ -116,22 +135,33 @@ def child_main(argv: list[str]) -> int:
         backend=a.backend,
         spin_us=a.spin_us,
     )
-    seg = L.Segment.attach(a.shm)
+    session = load_session(opts)
     try:
-        serve_on(opts, seg, stop)
+        print("loaded", flush=True)  # to the supervisor: this child can take over at once
+        if not sys.stdin.buffer.readline() or stop():
+            return 0
+        t0 = time.perf_counter()
+        seg = L.Segment.attach(a.shm)
+    except BaseException:
+        session.close()
+        raise
+    try:
+        serve_on(opts, seg, stop, session=session, t0=t0)
     finally:
         seg.close()
     return 0
 
 
-def run_supervised(opts: WorkerOptions, geometry: L.Geometry, *, start_timeout_s: float = 120.0) -> int:
+def run_supervised(
+    opts: WorkerOptions, geometry: L.Geometry, *, standby: bool = False, start_timeout_s: float = 120.0
+) -> int:
     """`slicert worker --supervise`: own the segment, run the worker as a child, restart it when it dies
-    or stops beating for the segment's hang timeout."""
+    or stops beating for the segment's hang timeout. standby: keep a second, loaded worker waiting."""
     from engine.worker.supervisor import Supervisor
 
     stop = _StopFlag()
     stop.install()
-    sup = Supervisor(opts, geometry, start_timeout_s=start_timeout_s)
+    sup = Supervisor(opts, geometry, standby=standby, start_timeout_s=start_timeout_s)
     try:
         sup.run(stop)
     finally:

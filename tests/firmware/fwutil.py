@@ -72,6 +72,7 @@ class WorkerProcess:
         spin_us: float = 0.0,
         cmd_prefix: tuple[str, ...] = (),
         name: str | None = None,
+        standby: bool = False,
     ):
         from engine.worker import layout
 
@@ -106,6 +107,8 @@ class WorkerProcess:
         ]
         if supervise:
             cmd.append("--supervise")
+        if standby:
+            cmd.append("--standby")
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

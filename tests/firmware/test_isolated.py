@@ -232,14 +232,27 @@ def _wait_busy_then_stop(w, lane: int, seq: int, timeout_s: float = 10.0) -> boo
     return False
 
 
-def test_worker_killed_mid_frame_then_restarted(driver, fw_bundles, start_worker):
+@pytest.mark.parametrize("standby", [False, True], ids=["fresh-worker", "standby-worker"])
+def test_worker_killed_mid_frame_then_restarted(standby, driver, fw_bundles, start_worker):
     # 1 lane x 2 slots of 8 MiB: stays well inside a container's default 64 MiB /dev/shm
     w = start_worker(
-        fw_bundles["cls"], supervise=True, lanes=1, slots=2, max_frame_bytes=8 << 20, hang_timeout_ms=2000
+        fw_bundles["cls"],
+        supervise=True,
+        standby=standby,
+        lanes=1,
+        slots=2,
+        max_frame_bytes=8 << 20,
+        hang_timeout_ms=2000,
     )
     d = Interactive(driver, w.name, "still", 64, 64, 2048, 2048)
     try:
         assert d.cmd("small 5") == "OK 5"
+        if standby:  # the supervisor publishes the standby's pid once it has loaded its session
+            t0 = time.monotonic()
+            while w.seg.u32(L.H_STANDBY_PID) == 0:
+                assert time.monotonic() - t0 < 120, "the standby worker never loaded"
+                time.sleep(0.05)
+            standby_pid = w.seg.u32(L.H_STANDBY_PID)
         caught = False
         for _ in range(30):  # a 2048 x 2048 frame takes a few ms to preprocess: catch the worker inside it
             ans = d.cmd("big").split()
@@ -261,6 +274,8 @@ def test_worker_killed_mid_frame_then_restarted(driver, fw_bundles, start_worker
         assert ans[1] == "SLICERT_OK", ans
         recovered_s = time.monotonic() - t_kill
         assert w.epoch == epoch + 1 and w.worker_pid != old_pid
+        if standby:
+            assert w.worker_pid == standby_pid, "the loaded standby took over"
         assert d.cmd("small 20") == "OK 20"
         stats = d.cmd("stats").split()
         assert int(stats[stats.index("epochs") + 1]) >= 2
