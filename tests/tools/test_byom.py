@@ -159,6 +159,14 @@ def test_quantized_on_the_users_splits(seg_run):
         assert v["passed"] or v["accepted_loss"]
         m = v["metrics"][rep["gate"]["metric"]]
         assert rep["gate"]["metric"] == "dice_mean" and m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    # `slicert quantize OUT --out Q` / quantize_export(OUT, Q) find the same splits through model.json's card.
+    from engine.spec import PreprocessSpec
+    from tools.quantize.toolchain import dataset_for_export
+
+    meta = json.loads((seg_run["out"] / "model.json").read_text())
+    meta["_spec"] = PreprocessSpec.from_dict(meta["preprocess"])
+    again_ds = dataset_for_export(meta, chw=(1, 32, 32), calib_n=256)
+    assert again_ds.test.sha256 == rep["data"]["test"]["sha256"] and again_ds.calib.sha256 == rep["data"]["calib"]["sha256"]
     # Cached: same model, same data, same settings.
     again, status = byom.quantize(seg_run["out"])
     assert status == "cached" and again["variants"].keys() == rep["variants"].keys()
@@ -411,3 +419,42 @@ def test_spec_errors_name_the_file_and_field(tmp_path):
     # A spec survives its own round trip (project.json stores it so).
     s = model_spec.from_dict(SEG_SPEC, "x")
     assert model_spec.from_dict(s.to_dict(), "y").preprocess == s.preprocess
+
+
+def test_dicom_seg_masks_read_as_the_png_masks(small):
+    """Masks as DICOM SEG objects (written with highdicom) referencing their images by SOPInstanceUID."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from PIL import Image
+    from pydicom.sr.codedict import codes
+
+    from tools.dataset.masks import MaskIndex, read_mask
+    from tools.dataset.scan import scan
+
+    records, _ = scan(small / "dicom")
+    segs = small / "seg"
+    segs.mkdir()
+    descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=name,
+                                       segmented_property_category=codes.SCT.Organ,
+                                       segmented_property_type=codes.SCT.Organ,
+                                       algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+             for i, name in enumerate(SEG_SPEC["labels"][1:])]
+    png = {}
+    for n, r in enumerate(records):
+        png[r.rel] = np.asarray(Image.open(small / "masks" / r.rel.replace(".dcm", ".png")))
+        onehot = np.stack([png[r.rel] == k for k in (1, 2, 3)], axis=-1)[None].astype(np.uint8)
+        seg = hd.seg.Segmentation(
+            source_images=[pydicom.dcmread(r.path)], pixel_array=onehot,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+            series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=n + 1,
+            manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0")
+        seg.save_as(segs / f"seg{n}.dcm")
+    index = MaskIndex(segs)
+    for r in records:
+        found = index.find(r)
+        assert found.parent == segs
+        assert np.array_equal(read_mask(found, r, 4), png[r.rel]), r.rel
+    # A SEG object among the images is reported, not read as an image.
+    (small / "dicom" / "stray-seg.dcm").write_bytes((segs / "seg0.dcm").read_bytes())
+    got, bad = scan(small / "dicom")
+    assert [(u.rel, u.reason) for u in bad] == [("stray-seg.dcm", "SegmentationObject")]

