@@ -2,7 +2,8 @@
 
 (1) FP32 teacher, PyTorch eager, user preprocessing;
 (2) FP32 teacher exported to ONNX, ONNX Runtime, the same user preprocessing;
-(3) FP32 student, ONNX Runtime, the same user preprocessing;
+(3) FP32 student, ONNX Runtime, the same user preprocessing (or `openvino_user`: an OpenVINO IR, e.g.
+    NNCF INT8, with the same user preprocessing; benchmarks/bench_cpu_backends.py);
 (4) SliceRT: the INT8 / mixed student bundle via `engine.load` + `Session.run` (fused native preprocessing).
 
 "User preprocessing" is what the pydicom docs and a typical notebook do: `pydicom.dcmread` +
@@ -275,6 +276,45 @@ def onnxruntime_user(
         meta={
             "baseline": "onnxruntime-fp32-user-preprocessing",
             "onnx": str(onnx_path),
+            "input": inputs.description,
+            "threads": threads,
+            **(meta or {}),
+        },
+        **_cycle(inputs),
+    )
+
+
+def openvino_user(
+    name: str,
+    model_xml: str | Path,
+    inputs: InputSet,
+    spec: PreprocessSpec,
+    task: str,
+    *,
+    threads: int,
+    meta: dict[str, Any] | None = None,
+) -> Pipeline:
+    """OpenVINO CPU on an IR (e.g. NNCF INT8) with the same user pre/post-processing: what a user assembles
+    from off-the-shelf parts (read_model + compile_model with the LATENCY hint, one stream, `threads`)."""
+
+    def build():
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(model_xml))
+        model.reshape([1, *list(model.inputs[0].get_partial_shape())[1:]])
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                                                      "INFERENCE_NUM_THREADS": threads})
+        req = compiled.create_infer_request()
+        out = compiled.outputs[0]
+        return _user_stages(inputs, spec, task, lambda t: req.infer({0: t})[out])
+
+    return Pipeline(
+        name,
+        build,
+        meta={
+            "baseline": "openvino-user-preprocessing",
+            "model": str(model_xml),
             "input": inputs.description,
             "threads": threads,
             **(meta or {}),

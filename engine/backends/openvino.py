@@ -206,7 +206,7 @@ class OpenVINOBackend(Backend):
             raise BundleError(f"model input {inp.get_any_name()!r} has shape {dims}: only the batch axis may be "
                               f"dynamic")
         tail = [d.get_length() for d in list(dims)[1:]]
-        batch0 = list(dims)[0]
+        batch0 = next(iter(dims))
         if batch0.is_static and batch0.get_length() < self.max_batch:
             raise InputError(f"model input {inp.get_any_name()!r} has a fixed batch of {batch0.get_length()}; load "
                              f"with max_batch<={batch0.get_length()} or export the model with a dynamic batch axis")

@@ -282,7 +282,12 @@ def _process_cold_txt(c: ConfigResult) -> str:
     if not p:
         return "-"
     m = p["median_ms"]
-    return f"{fmt_ms(m['import_to_first_result_ms'])} ({fmt_ms(m['spawn_to_exit_ms'])})"
+    txt = f"{fmt_ms(m['import_to_first_result_ms'])} ({fmt_ms(m['spawn_to_exit_ms'])})"
+    by_cache = p.get("by_compiled_cache")  # OpenVINO: empty vs warm compiled-model cache
+    if by_cache:
+        txt += (f"; compiled cache cold {fmt_ms(by_cache['cold']['import_to_first_result_ms'])}, "
+                f"warm {fmt_ms(by_cache['warm']['import_to_first_result_ms'])}")
+    return txt
 
 
 def _paired_txt(e: dict[str, Any]) -> str:

@@ -4,8 +4,9 @@ backend, timed interleaved, the fastest recorded in the manifest.
 Each (backend, variant) pair the backend can run is loaded from the bundle exactly as `engine.load`
 would (same backend class, same compile settings, compiled-model cache off), fed one seeded random input
 (the preprocessing kernel is the same for every backend, so only the inference stage is timed) and timed
-in `rounds` rounds of `calls` calls, the pairs interleaved within each round so machine load hits them
-alike. The manifest gets:
+in `rounds` rounds of `calls` calls (1 call per round for a model slower than SLOW_MS, so a real-size
+network on a 2-core machine costs seconds, not minutes), the pairs interleaved within each round so
+machine load hits them alike. The manifest gets:
 
     cpu_timings   {cpu_model, cpu_flags, threads, rounds, calls, median_ms: {backend: {variant: ms}},
                    fastest: {backend, variant, ms}, not_timed: {backend: why}}
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 CPU_BACKENDS = ("openvino", "onnxruntime")
+SLOW_MS = 50.0
 
 
 def _feed(backend, seed: int = 0) -> None:
@@ -45,6 +47,7 @@ def measure(bundle, *, threads: int = 1, rounds: int = 5, calls: int = 3) -> dic
     from engine.envinfo import cpu_model
 
     loaded: dict[tuple[str, str], Any] = {}
+    per_round: dict[tuple[str, str], int] = {}
     not_timed: dict[str, str] = {}
     try:
         for name in CPU_BACKENDS:
@@ -61,11 +64,14 @@ def measure(bundle, *, threads: int = 1, rounds: int = 5, calls: int = 3) -> dic
                 b.activate()
                 _feed(b)
                 b.infer(1)
+                t0 = time.perf_counter_ns()
+                b.infer(1)
+                per_round[(name, v)] = calls if (time.perf_counter_ns() - t0) / 1e6 < SLOW_MS else 1
                 loaded[(name, v)] = b
         samples: dict[tuple[str, str], list[float]] = {k: [] for k in loaded}
         for _ in range(rounds):
             for key, b in loaded.items():
-                for _ in range(calls):
+                for _ in range(per_round[key]):
                     t0 = time.perf_counter_ns()
                     b.infer(1)
                     samples[key].append((time.perf_counter_ns() - t0) / 1e6)
@@ -80,7 +86,8 @@ def measure(bundle, *, threads: int = 1, rounds: int = 5, calls: int = 3) -> dic
         (name, v) = min(samples, key=lambda k: median_ms[k[0]][k[1]])
         fastest = {"backend": name, "variant": v, "ms": median_ms[name][v]}
     return {"cpu_model": cpu_model(), "cpu_flags": timing_flags(), "threads": threads, "rounds": rounds,
-            "calls": rounds * calls, "median_ms": median_ms, "fastest": fastest, "not_timed": not_timed,
+            "calls": min((len(ts) for ts in samples.values()), default=0), "median_ms": median_ms,
+            "fastest": fastest, "not_timed": not_timed,
             "what": "inference stage (Backend.infer) at batch 1 on one seeded random input; the preprocessing "
                     "kernel is the same for every backend"}
 

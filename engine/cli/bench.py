@@ -33,6 +33,7 @@ def run_bench(
     md_out: Path | None = None,
     plot_out: Path | None = None,
     compare: bool = False,
+    backends: list[str] | None = None,
     reference: str | None = None,
     pin: str | None = None,
     keep_gc: bool = False,
@@ -58,6 +59,15 @@ def run_bench(
     check_counts(n, warmup)
     if not bundles:
         raise InputError("give at least one bundle")
+    if backends:  # one configuration per bundle and backend, side by side (implies --compare)
+        from engine.backends import backend_names
+
+        unknown = sorted(set(backends) - set(backend_names()))
+        if unknown or backend is not None:
+            raise InputError(f"--backends takes names from {backend_names()} (got {backends}) and excludes --backend")
+        bundles = [f"{b}{',' if ':' in b and '=' in b.rsplit(':', 1)[1] else ':'}backend={name},"
+                   f"name={Path(b.split(':')[0]).stem}[{name}]" for b in bundles for name in backends]
+        compare = True
     if len(bundles) > 1 and not compare:
         raise InputError(
             f"{len(bundles)} bundles given: pass --compare to benchmark them interleaved in one process"
@@ -150,9 +160,18 @@ def run_bench(
         from engine.bench.coldstart import measure_process_cold_start
 
         for c in configs:
-            run.result(c.name).cold_start_process = measure_process_cold_start(
+            res = run.result(c.name)
+            res.cold_start_process = measure_process_cold_start(
                 c.bundle, input, c.load_kwargs, repeats=cold_start_repeats
             )
+            if (res.meta.get("session_info") or {}).get("backend") == "openvino":
+                # engine.load to first result with an empty and with a warm compiled-model cache.
+                res.cold_start_process["by_compiled_cache"] = {
+                    mode: measure_process_cold_start(
+                        c.bundle, input, c.load_kwargs, repeats=cold_start_repeats, compiled_cache=mode
+                    )["median_ms"]
+                    for mode in ("cold", "warm")
+                }
     if not quiet:
         report.render_table(run, reference=reference, console=console)
         warn = _busy_warning(run.environment)
@@ -199,7 +218,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(
             None, "--threads", help="CPU threads (default: all usable cores)."
         ),
-        backend: Optional[str] = typer.Option(None, "--backend", help="auto | onnxruntime | tensorrt"),
+        backend: Optional[str] = typer.Option(None, "--backend", help="auto | openvino | onnxruntime | tensorrt"),
         json_out: Optional[Path] = typer.Option(
             None, "--json", help="Write the JSON report (raw samples kept)."
         ),
@@ -209,6 +228,9 @@ def register(app: typer.Typer) -> None:
         ),
         compare: bool = typer.Option(
             False, "--compare", help="Benchmark several bundles/options interleaved (A B A B ...)."
+        ),
+        backends: Optional[str] = typer.Option(
+            None, "--backends", help="Comma-separated backends side by side, e.g. openvino,onnxruntime."
         ),
         reference: Optional[str] = typer.Option(
             None, "--reference", help="Configuration the ratios are against."
@@ -237,6 +259,7 @@ def register(app: typer.Typer) -> None:
                 md_out=md_out,
                 plot_out=plot_out,
                 compare=compare,
+                backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
                 reference=reference,
                 pin=pin,
                 keep_gc=keep_gc,

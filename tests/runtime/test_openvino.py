@@ -160,3 +160,33 @@ def test_onnx_with_external_data_is_refused(tmp_path, cls_bundle):
     bad = write_bundle(tmp_path / "bad.slicert", manifest, members)
     with pytest.raises(BundleError, match="external data"):
         engine.load(bad, backend="openvino", precision="fp32")
+
+
+def test_cold_start_with_an_empty_and_a_warm_compiled_cache(cls_bundle):
+    from engine.bench.coldstart import measure_process_cold_start
+
+    kw = {"backend": "openvino", "precision": "fp32", "threads": 1}
+    cold = measure_process_cold_start(cls_bundle, "synthetic", kw, repeats=1, compiled_cache="cold")
+    warm = measure_process_cold_start(cls_bundle, "synthetic", kw, repeats=1, compiled_cache="warm")
+    # Fresh processes: an empty cache compiles, a warm one imports the blob the untimed spawn left.
+    assert cold["backend"] == warm["backend"] == ["openvino"]
+    assert cold["cache_hit"] == [False] and warm["cache_hit"] == [True]
+    assert cold["median_ms"]["load_ms"] > 0 and warm["median_ms"]["load_ms"] > 0
+
+
+def test_bench_puts_backends_side_by_side(cls_bundle):
+    from engine.cli.bench import run_bench
+
+    run = run_bench([f"{cls_bundle}:precision=fp32,threads=1"], backends=["openvino", "onnxruntime"], n=5,
+                    warmup=1, cold_start_repeats=1, quiet=True)
+    names = [c.name for c in run.configurations]
+    assert names == ["cls[openvino]", "cls[onnxruntime]"]
+    by_name = {c.name: c for c in run.configurations}
+    assert by_name["cls[openvino]"].meta["session_info"]["backend"] == "openvino"
+    assert by_name["cls[onnxruntime]"].meta["session_info"]["backend"] == "onnxruntime"
+    ov_cold = by_name["cls[openvino]"].cold_start_process
+    assert set(ov_cold["by_compiled_cache"]) == {"cold", "warm"}
+    assert "by_compiled_cache" not in by_name["cls[onnxruntime]"].cold_start_process
+    from engine.bench.report import _process_cold_txt
+
+    assert "compiled cache cold" in _process_cold_txt(by_name["cls[openvino]"])
