@@ -241,9 +241,11 @@ def check_variant(bundle: Path, cpu_bundle: Path, variant: str, n: int, dry_run:
         want = [cand.run(x) for x in images[:6]]
         errors: list[str] = []
         same_threads = []
+        start = threading.Barrier(threads)  # all threads call run() at once: the session must fork buffer sets
 
         def worker():
             try:
+                start.wait()
                 for _ in range(3):
                     same_threads.append(_identical([cand.run(x) for x in images[:6]], want, task))
             except Exception as exc:  # noqa: BLE001  (reported as the check's failure)
