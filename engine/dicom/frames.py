@@ -62,6 +62,7 @@ class FrameDecoder:
             "photometric_interpretation": pm.photometric,
         }
         self._all: np.ndarray | None = None
+        self._shortage: str | None = None
         self._pixel_data = ds[pm.pixel_keyword].value
         tables = (raw(ds, "ExtendedOffsetTable", source), raw(ds, "ExtendedOffsetTableLengths", source))
         self._extended_offsets = tables if None not in tables else None
@@ -85,6 +86,8 @@ class FrameDecoder:
                 self._all = arr if pm.number_of_frames > 1 else arr[None]
                 self._all_props = props
             return self._finish(self._all[index], self._all_props, index)
+        if self._shortage:
+            raise fail(self._source, "PixelData", f"frame {index}: {self._shortage}")
         from pydicom.encaps import get_frame
 
         encoded = self._call(lambda: get_frame(self._pixel_data, index, number_of_frames=pm.number_of_frames,
@@ -98,6 +101,8 @@ class FrameDecoder:
             for i in range(self._pm.number_of_frames):
                 yield self.frame(i)
             return
+        if self._shortage:
+            raise fail(self._source, "PixelData", f"frame 0: {self._shortage}")
         from pydicom.encaps import generate_frames
 
         # iter_array walks the fragments once instead of re-locating frame i from the start; a second
@@ -167,6 +172,11 @@ class FrameDecoder:
         frag = offsets.fragments(self._pixel_data)
         if frag is None:
             return
+        if len(frag.items) < pm.number_of_frames:
+            # PS3.5 A.4: every frame has at least one fragment. Raised when a frame is asked for, so
+            # the header (len, info) stays readable.
+            self._shortage = (f"missing: the Pixel Data holds {len(frag.items)} fragment(s), fewer encapsulated "
+                              f"frames than NumberOfFrames {pm.number_of_frames} (PS3.5 A.4)")
         problem = offsets.basic_table_problem(frag, pm.number_of_frames)
         drop_basic = problem is not None
         if drop_basic:
