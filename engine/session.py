@@ -146,9 +146,10 @@ def _check_spacing(spacing) -> tuple[float, float] | None:
     if isinstance(spacing, (str, bytes)) or len(values) != 2:
         raise InputError(f"pixel_spacing_mm must be two numbers (row_mm, col_mm), got {spacing!r}")
     row, col = values
-    # 1e3 mm per pixel is already absurd for any imaging device; the bound also keeps areas finite.
-    if not (math.isfinite(row) and math.isfinite(col) and 0 < row <= 1e3 and 0 < col <= 1e3):
-        raise InputError(f"pixel_spacing_mm must be finite, > 0 and <= 1000 mm, got {spacing!r}")
+    # 1e3 mm per pixel is already absurd for any imaging device, and so is below 1e-6 mm (1 nm); the
+    # bounds keep a pixel's area finite and normal (not flushed to 0). Files: engine.dicom.spacing.
+    if not (math.isfinite(row) and math.isfinite(col) and 1e-6 <= row <= 1e3 and 1e-6 <= col <= 1e3):
+        raise InputError(f"pixel_spacing_mm must be finite and in [1e-6, 1000] mm, got {spacing!r}")
     return row, col
 
 

@@ -49,9 +49,11 @@ class UltrasoundRegion:
 
     @property
     def spacing_mm(self) -> tuple[float, float] | None:
-        """(row, column) spacing in mm when both axes are in cm, else None."""
+        """(row, column) spacing in mm when both axes are in cm and the values are plausible (see
+        `plausible`), else None."""
         if self.units_x == "cm" and self.units_y == "cm" and self.physical_delta_x > 0 and self.physical_delta_y > 0:
-            return (abs(self.physical_delta_y) * 10.0, abs(self.physical_delta_x) * 10.0)
+            row, col = abs(self.physical_delta_y) * 10.0, abs(self.physical_delta_x) * 10.0
+            return (row, col) if plausible(row, col) else None
         return None
 
 
@@ -63,6 +65,26 @@ class Geometry:
     ultrasound_regions: tuple[UltrasoundRegion, ...]
     frame_time_ms: float | None
     frame_time_vector_ms: tuple[float, ...] | None
+
+
+# Bounds on any spacing taken from a file, as on the caller's pixel_spacing_mm (engine.session): 1 nm
+# to 1 m per pixel covers every imaging device, and keeps a pixel's area (row x column, mm^2) a finite,
+# normal float, so class areas can be neither inf/NaN nor flushed to 0.
+MIN_SPACING_MM = 1e-6
+MAX_SPACING_MM = 1e3
+
+
+def plausible(row_mm: float, col_mm: float) -> bool:
+    """Both spacings within [MIN_SPACING_MM, MAX_SPACING_MM] and their product finite and > 0."""
+    area = row_mm * col_mm
+    return (MIN_SPACING_MM <= row_mm <= MAX_SPACING_MM and MIN_SPACING_MM <= col_mm <= MAX_SPACING_MM
+            and math.isfinite(area) and area > 0)
+
+
+def pixel_spacing_pair(ds: Any, source: str, rows: int, columns: int,
+                       notes: list[str]) -> tuple[float, float] | None:
+    """(row, column) Pixel Spacing of `ds` (a data set or a functional group item) in mm, or None."""
+    return _pair(ds, "PixelSpacing", source, rows, columns, notes)
 
 
 def _pair(ds: Any, keyword: str, source: str, rows: int, columns: int,
@@ -77,6 +99,10 @@ def _pair(ds: Any, keyword: str, source: str, rows: int, columns: int,
     # PS3.3 10.7.1.3: spacing is positive, except 0 along an axis with a single row/column.
     if not (row > 0 or rows == 1) or not (col > 0 or columns == 1):
         notes.append(f"{keyword} {row:g}\\{col:g} is not positive (PS3.3 10.7.1.3): ignored")
+        return None
+    if not plausible(row if row > 0 else 1.0, col if col > 0 else 1.0):
+        notes.append(f"{keyword} {row:g}\\{col:g} mm is outside [{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm per "
+                     f"pixel: ignored (no areas in mm^2)")
         return None
     return (row, col)
 
@@ -99,7 +125,7 @@ def read_geometry(ds: Any, source: str, rows: int, columns: int, frames: int, no
             spacing, why = ps, f"PixelSpacing (calibrated to the patient plane, PixelSpacingCalibrationType {calibration})"
         elif ps is not None and ips is not None and not _close(ps, ips):
             spacing, why = ps, "PixelSpacing (differs from ImagerPixelSpacing: calibrated to the patient plane)"
-        elif ips is not None and ermf is not None:
+        elif ips is not None and ermf is not None and plausible(ips[0] / ermf, ips[1] / ermf):
             spacing = (ips[0] / ermf, ips[1] / ermf)
             why = f"ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor ({ermf:g})"
         elif ips is not None:
@@ -109,6 +135,12 @@ def read_geometry(ds: Any, source: str, rows: int, columns: int, frames: int, no
     elif ps is not None:
         spacing, why = ps, "PixelSpacing"
     if spacing is None and regions:
+        implausible = [r for r in regions if r.spatial_format == "2D" and r.units_x == r.units_y == "cm"
+                       and r.physical_delta_x > 0 and r.physical_delta_y > 0 and r.spacing_mm is None]
+        if implausible:
+            notes.append(f"{len(implausible)} 2D ultrasound region(s) with PhysicalDeltaX/Y outside "
+                         f"[{MIN_SPACING_MM / 10:g}, {MAX_SPACING_MM / 10:g}] cm per pixel: their calibration "
+                         f"is ignored")
         calibrated = [r.spacing_mm for r in regions if r.spatial_format == "2D" and r.spacing_mm is not None]
         if calibrated and all(_close(c, calibrated[0]) for c in calibrated):
             spacing = calibrated[0]

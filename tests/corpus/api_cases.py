@@ -108,6 +108,7 @@ def array_cases() -> list[Case]:
     for spacing, label in [((0.0, 1.0), "zero"), ((-1.0, 1.0), "negative"), ((math.nan, 1.0), "nan"),
                            ((math.inf, 1.0), "inf"), ("abc", "text"), ((1.0,), "one-value"),
                            ((1.0, 2.0, 3.0), "three-values"), ((1e300, 1e300), "overflowing-area"),
+                           ((1e-200, 1e-200), "underflowing-area"), ((5e-7, 0.5), "below-1-nm"),
                            ([[0.5, 0.5]], "nested")]:
         cases.append(_run(f"array/segmenter-pixel-spacing-{label}", _arr(), "InputError", r"pixel.spacing",
                           f"segmenter run with pixel_spacing_mm={spacing!r}", session="segmenter",

@@ -120,3 +120,37 @@ def test_frame_time_vector():
     ds.FrameTimeVector = [0] + [30.0] * 9
     seq = dicom.read(ds)
     assert seq.frame_time_vector_ms == (0.0,) + (30.0,) * 9 and seq.frame_time_ms == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize("spacing", [[1e300, 1e300], [1e200, 1e200], [1e-300, 1e-300], [1e-170, 1e-170],
+                                     [2000, 0.5], [0.5, 1e308], [5e-7, 0.5]])
+def test_absurd_pixel_spacing_in_the_file_is_ignored_with_a_note(spacing):
+    s = dicom.read(_small("CT", PixelSpacing=spacing))
+    assert s.pixel_spacing_mm is None
+    assert any("outside [1e-06, 1000] mm per pixel" in n for n in s.warnings), s.warnings
+
+
+@pytest.mark.parametrize("spacing", [[1e-6, 1e-6], [1000, 1000], [0.05, 0.05]])
+def test_spacing_at_the_bounds_is_kept_and_its_area_is_finite(spacing):
+    s = dicom.read(_small("CT", PixelSpacing=spacing))
+    assert s.pixel_spacing_mm == tuple(spacing)
+    area = s.pixel_spacing_mm[0] * s.pixel_spacing_mm[1]
+    assert 0 < area < float("inf")
+
+
+@pytest.mark.parametrize("delta_cm,kept", [(1e300, False), (1e-300, False), (1e160, False), (0.01, True)])
+def test_ultrasound_region_calibration_is_bounded(delta_cm, kept):
+    region = Dataset()
+    region.RegionSpatialFormat, region.RegionDataType = 1, 1
+    region.RegionLocationMinX0 = region.RegionLocationMinY0 = 0
+    region.RegionLocationMaxX1 = region.RegionLocationMaxY1 = 63
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3
+    region.PhysicalDeltaX = region.PhysicalDeltaY = delta_cm
+    s = dicom.read(_small("US", SequenceOfUltrasoundRegions=Sequence([region])))
+    assert (s.pixel_spacing_mm == (delta_cm * 10, delta_cm * 10)) if kept else (s.pixel_spacing_mm is None)
+    assert s.ultrasound_regions[0].spacing_mm == (s.pixel_spacing_mm if kept else None)
+
+
+def test_magnification_factor_that_makes_spacing_absurd_is_not_applied():
+    s = dicom.read(_small("DX", ImagerPixelSpacing=[0.1, 0.1], EstimatedRadiographicMagnificationFactor=1e-300))
+    assert s.pixel_spacing_mm == (0.1, 0.1) and "not corrected for magnification" in s.spacing_source

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ def _call(case: Case, sessions: Sessions) -> Any:
                 kw[key] = materialize(kw[key], session.spec)
         kw.pop("reference", None)
         kw.pop("same_as", None)
+        kw.pop("areas", None)
         if case.entry == "session.run":
             return session.run(x, **kw)
         if case.entry == "session.stream":
@@ -220,12 +222,19 @@ def _check_accepted(case: Case, result: Any, sessions: Sessions) -> str | None:
         from tests.corpus.dicom_files import parent_path
 
         session = _session(sessions, case.kwargs.get("session", "classifier"))
-        parent = str(parent_path(case.kwargs["same_as"]))
+        same = case.kwargs["same_as"]  # a pydicom test file, or a file of the corpus ("dicom13/...")
+        parent = str(sessions.corpus / same if "/" in same else parent_path(same))
         want = [r.scores for r in session.stream(parent, drop_stale=False)] if case.entry == "session.stream" \
             else [session.run(parent).scores]
         got = [r.scores for r in (result if isinstance(result, list) else [result])]
         if len(got) != len(want) or not all(np.array_equal(g, w) for g, w in zip(got, want)):
             return f"scores differ from those of {case.kwargs['same_as']}: {got} != {want}"
+    if "areas" in case.kwargs:  # "none": the file's spacing must be ignored; "finite": areas must be given
+        got = [getattr(r, "areas_mm2", None) for r in (result if isinstance(result, list) else [result])]
+        if case.kwargs["areas"] == "none" and any(a is not None for a in got):
+            return f"areas from an implausible spacing were reported: {got}"
+        if case.kwargs["areas"] == "finite" and any(a is None for a in got):
+            return "no areas although the file's spacing is plausible"
     if case.kwargs.get("reference") == "contiguous":
         session = _session(sessions, case.kwargs.get("session", "classifier"))
         x = materialize(case.recipe, session.spec)
@@ -236,6 +245,11 @@ def _check_accepted(case: Case, result: Any, sessions: Sessions) -> str | None:
 
 
 def _check_scores(result: Any, sessions: Sessions) -> str | None:
+    if getattr(result, "mask", None) is not None:  # segmenter: a mask, and areas finite when present
+        areas = result.areas_mm2
+        if areas is not None and not all(math.isfinite(v) and v >= 0 for v in areas.values()):
+            return f"non-finite or negative areas: {areas}"
+        return None
     scores = getattr(result, "scores", None)
     if scores is None or scores.shape != (len(sessions.classifier.labels),) or not np.isfinite(scores).all():
         return f"accepted input gave a malformed result: {result!r}"
