@@ -104,7 +104,7 @@ def decode_view(ds: Any, pixel_keyword: str, pixel_data: bytes | None, drop_exte
     out = Dataset()
     skip = {0x7FE00001, 0x7FE00002} if drop_extended else set()
     pixel_tag = Tag(pixel_keyword)
-    for tag in ds.keys():  # tags only: no element is converted
+    for tag in ds.keys():  # noqa: SIM118 - tags only: iterating a Dataset converts every element
         if tag in skip:
             continue
         if tag == pixel_tag and pixel_data is not None:

@@ -1,9 +1,10 @@
 """engine.dicom.read: one entry point from a DICOM input to a Slice or a lazy FrameSequence."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from engine.dicom import color, frames, header, lut, source, spacing
+from engine.dicom import color, frames, functional, header, lut, source, spacing
 from engine.dicom.capture import pydicom_warnings
 from engine.dicom.slice import FrameSequence, ImageInfo, Slice
 from engine.dicom.values import get_str
@@ -76,9 +77,21 @@ def read(src: Any, *, pixel_limit: int = header.DEFAULT_PIXEL_LIMIT) -> Slice | 
         ultrasound_regions=geometry.ultrasound_regions,
         frame_time_ms=geometry.frame_time_ms,
         frame_time_vector_ms=geometry.frame_time_vector_ms,
-        warnings=tuple(notes),
+        warnings=(),
     )
+    with pydicom_warnings(notes):
+        # Enhanced multi-frame: rescale, VOI and spacing per frame from the functional groups
+        per_frame = functional.frame_infos(ds, pm, info, name, notes)
+    final: dict[int, ImageInfo] = {}
+
+    def with_notes(i: ImageInfo) -> ImageInfo:
+        if id(i) not in final:
+            final[id(i)] = dataclasses.replace(i, warnings=tuple(notes))
+        return final[id(i)]
+
+    info = with_notes(info)
+    frame_infos = None if per_frame is None else tuple(with_notes(i) for i in per_frame)
     decoder = frames.FrameDecoder(ds, pm, name, palette)
     if pm.number_of_frames > 1:
-        return FrameSequence(decoder, info, ds)
-    return Slice(decoder.frame(0), 0, info, ds, tuple(decoder.notes))
+        return FrameSequence(decoder, info, ds, frame_infos)
+    return Slice(decoder.frame(0), 0, info if frame_infos is None else frame_infos[0], ds, tuple(decoder.notes))

@@ -122,10 +122,33 @@ class FrameSequence(_HasInfo):
     without re-scanning the compressed stream. Not thread-safe: use one sequence per thread.
     """
 
-    def __init__(self, decoder: FrameDecoder, info: ImageInfo, dataset: Any):
+    def __init__(self, decoder: FrameDecoder, info: ImageInfo, dataset: Any,
+                 frame_infos: tuple[ImageInfo, ...] | None = None):
         self._decoder = decoder
-        self.info = info
+        # Enhanced multi-frame images state rescale, VOI and spacing per frame (Per-frame Functional
+        # Groups, PS3.3 C.7.6.16): each Slice carries its frame's ImageInfo; `info` is frame 0's.
+        self._frame_infos = frame_infos
+        self.info = info if frame_infos is None else frame_infos[0]
         self.dataset = dataset
+
+    def frame_info(self, index: int) -> ImageInfo:
+        """The ImageInfo of frame `index` (differs from `info` only for Enhanced multi-frame images
+        whose functional groups differ per frame)."""
+        return self.info if self._frame_infos is None else self._frame_infos[index]
+
+    @property
+    def frames_differ(self) -> bool:
+        """True when frames have different rescale, VOI or spacing (Per-frame Functional Groups)."""
+        return self._frame_infos is not None and len({id(i) for i in self._frame_infos}) > 1
+
+    def spec_for(self, model_spec: PreprocessSpec, voi_policy: str = "dicom") -> PreprocessSpec:
+        """model_spec filled in from the header; refused when frames differ (use seq[i].spec_for)."""
+        if self.frames_differ:
+            from engine.errors import InputError
+
+            raise InputError(f"{self.info.source}: frames have different Rescale/VOI/Pixel Spacing (Per-frame "
+                             f"Functional Groups): use seq[i].spec_for(...) for frame i")
+        return super().spec_for(model_spec, voi_policy)
 
     def __len__(self) -> int:
         return self.info.number_of_frames
@@ -137,11 +160,11 @@ class FrameSequence(_HasInfo):
         i = int(index) + n if index < 0 else int(index)
         if not 0 <= i < n:
             raise IndexError(f"frame {index} out of range for {n} frames")
-        return Slice(self._decoder.frame(i), i, self.info, self.dataset, tuple(self._decoder.notes))
+        return Slice(self._decoder.frame(i), i, self.frame_info(i), self.dataset, tuple(self._decoder.notes))
 
     def __iter__(self) -> Iterator[Slice]:
         for i, pixels in enumerate(self._decoder.iterate()):
-            yield Slice(pixels, i, self.info, self.dataset, tuple(self._decoder.notes))
+            yield Slice(pixels, i, self.frame_info(i), self.dataset, tuple(self._decoder.notes))
 
     @property
     def decode_warnings(self) -> tuple[str, ...]:

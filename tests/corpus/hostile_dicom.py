@@ -449,8 +449,158 @@ def _cases_offset_tables(add: Callable) -> None:
             f"{name.split('bot-')[1].replace('-', ' ')}", same_as=parent)
 
 
+def enhanced_ct(per_frame: list[dict] | None = None, shared: dict | None = None):
+    """eCT_Supplemental.dcm (pydicom-data: Enhanced CT, 2 frames, rescale -1024 and a 49/102 window in
+    the Shared Functional Groups) with macros set per frame or shared: {macro keyword: {attribute:
+    value}}; a value given as bytes is written raw (bypassing pydicom's validation)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = _read("eCT_Supplemental.dcm")
+
+    def put(container, macros: dict) -> None:
+        for macro, attrs in macros.items():
+            item = Dataset()
+            for keyword, value in attrs.items():
+                if isinstance(value, bytes):
+                    _raw_in(item, keyword, value)
+                else:
+                    setattr(item, keyword, value)
+            setattr(container, macro, Sequence([item]))
+
+    if shared is not None:
+        put(ds.SharedFunctionalGroupsSequence[0], shared)
+    for i, macros in enumerate(per_frame or []):
+        put(ds.PerFrameFunctionalGroupsSequence[i], macros)
+    return ds
+
+
+def _raw_in(item, keyword: str, value: bytes) -> None:
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(keyword)
+    value = value + (b" " if len(value) % 2 else b"")
+    item[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+
+
+def classic_reference(ds):
+    """The same frames as a classic multi-frame object: the shared macros' values at the top level and
+    no functional groups; what an Enhanced reader must give for frames that share their values."""
+    out = copy.deepcopy(ds)
+    shared = out.SharedFunctionalGroupsSequence[0]
+    for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence", "PixelMeasuresSequence"):
+        if macro in shared:
+            for elem in shared[macro].value[0]:
+                out[elem.tag] = elem
+    del out.SharedFunctionalGroupsSequence
+    del out.PerFrameFunctionalGroupsSequence
+    return out
+
+
+def _cases_enhanced(add: Callable) -> None:
+    base = _read("eCT_Supplemental.dcm")
+    add("enhanced/eCT_Supplemental/classic-reference", _write(classic_reference(base)), "session.stream", ACCEPTED,
+        "", "eCT_Supplemental's frames as a classic multi-frame object (rescale and window at the top level)")
+    ref = "dicom13/enhanced__eCT_Supplemental__classic-reference.dcm"
+    add("enhanced/eCT_Supplemental/as-is", _write(base), "session.stream", ACCEPTED, "",
+        "Enhanced CT: Rescale Intercept -1024 and window 49/102 only in the Shared Functional Groups", same_as=ref)
+    for name, shared in (("intercept-minus-1000", {"PixelValueTransformationSequence": {
+                             "RescaleIntercept": "-1000", "RescaleSlope": "1", "RescaleType": "HU"}}),
+                         ("slope-2-window-300-1500", {"PixelValueTransformationSequence": {
+                             "RescaleIntercept": "-2048", "RescaleSlope": "2", "RescaleType": "HU"},
+                             "FrameVOILUTSequence": {"WindowCenter": "300", "WindowWidth": "1500"}})):
+        ds = enhanced_ct(shared=shared)
+        refname = f"enhanced/eCT_Supplemental/{name}-classic-reference"
+        add(refname, _write(classic_reference(ds)), "session.stream", ACCEPTED, "",
+            f"classic form of the Enhanced CT with shared {name}")
+        add(f"enhanced/eCT_Supplemental/shared-{name}", _write(ds), "session.stream", ACCEPTED, "",
+            f"Enhanced CT with {name} in the Shared Functional Groups",
+            same_as=f"dicom13/{refname.replace('/', '__')}.dcm")
+    per_frame = [{"PixelValueTransformationSequence": {"RescaleIntercept": "-1024", "RescaleSlope": "1"}},
+                 {"PixelValueTransformationSequence": {"RescaleIntercept": "0", "RescaleSlope": "1"},
+                  "FrameVOILUTSequence": {"WindowCenter": "1000", "WindowWidth": "400"},
+                  "PixelMeasuresSequence": {"PixelSpacing": ["0.5", "0.5"]}}]
+    ds = enhanced_ct(per_frame=per_frame)
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence  # C.7.6.16.1: one place only
+    add("enhanced/eCT_Supplemental/per-frame-differ", _write(ds), "session.stream", ACCEPTED, "",
+        "Enhanced CT whose two frames have different rescale, window and spacing (Per-frame Functional Groups)")
+    bad = (("shared-slope-zero", None, {"PixelValueTransformationSequence": {"RescaleSlope": b"0",
+                                                                             "RescaleIntercept": b"-1024"}},
+            r"SharedFunctionalGroupsSequence > PixelValueTransformationSequence: RescaleSlope"),
+           ("per-frame-intercept-nan", [{}, {"PixelValueTransformationSequence": {"RescaleSlope": b"1",
+                                                                                  "RescaleIntercept": b"NaN"}}], None,
+            r"PerFrameFunctionalGroupsSequence item 1 > PixelValueTransformationSequence: RescaleIntercept"),
+           ("per-frame-slope-text", [{"PixelValueTransformationSequence": {"RescaleSlope": b"steep",
+                                                                           "RescaleIntercept": b"0"}}], None,
+            r"PerFrameFunctionalGroupsSequence item 0 > .*RescaleSlope"),
+           ("shared-window-width-zero", None, {"FrameVOILUTSequence": {"WindowCenter": b"40", "WindowWidth": b"0"}},
+            r"SharedFunctionalGroupsSequence > FrameVOILUTSequence: WindowWidth"),
+           ("per-frame-voi-function-gamma", [{}, {"FrameVOILUTSequence": {"WindowCenter": b"40",
+                                                                          "WindowWidth": b"400",
+                                                                          "VOILUTFunction": b"GAMMA"}}], None,
+            r"FrameVOILUTSequence: VOILUTFunction"),
+           ("shared-slope-1e37", None, {"PixelValueTransformationSequence": {"RescaleSlope": b"1e37",
+                                                                             "RescaleIntercept": b"0"}},
+            r"PixelValueTransformationSequence: RescaleSlope.*float32"))
+    for name, per, shared, match in bad:
+        add(f"enhanced/eCT_Supplemental/{name}", _write(enhanced_ct(per_frame=per, shared=shared)),
+            "session.stream", "DicomError", match, f"Enhanced CT: {name.replace('-', ' ')} in a functional group")
+    ds = _read("eCT_Supplemental.dcm")
+    ds.PerFrameFunctionalGroupsSequence.append(copy.deepcopy(ds.PerFrameFunctionalGroupsSequence[0]))
+    add("enhanced/eCT_Supplemental/per-frame-items-3-for-2-frames", _write(ds), "session.stream", "DicomError",
+        r"PerFrameFunctionalGroupsSequence.*3 items for NumberOfFrames 2",
+        "Enhanced CT with 3 Per-frame Functional Groups items for 2 frames")
+
+
+def with_us_region(delta_x_cm: str, delta_y_cm: str, units: int = 3):
+    """US1_UNCR.dcm (RGB ultrasound, 480 x 640) with one 2D region (PS3.3 C.8.5.5) of the given
+    PhysicalDeltaX/Y (written raw, FD)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = _read("US1_UNCR.dcm")
+    region = Dataset()
+    region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 639, 479
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = units
+    region.PhysicalDeltaX, region.PhysicalDeltaY = float(delta_x_cm), float(delta_y_cm)
+    ds.SequenceOfUltrasoundRegions = Sequence([region])
+    return ds
+
+
+def _cases_spacing(add: Callable) -> None:
+    """Absurd spacing from the file must not become inf/NaN/0 areas: ignored (no areas), with a note."""
+    seg = {"session": "segmenter"}
+    add("spacing/CT_small/as-is", parent_path("CT_small.dcm").read_bytes(), "session.run", ACCEPTED, "",
+        "CT_small with its own Pixel Spacing: areas are reported", areas="finite", **seg)
+    for name, value in (("1e300", "1e300\\1e300"), ("1e200-product-overflows", "1e200\\1e200"),
+                        ("1e-300", "1e-300\\1e-300"), ("1e-170-product-underflows", "1e-170\\1e-170"),
+                        ("2000mm", "2000\\0.5"), ("one-axis-1e308", "0.5\\1e308")):
+        ds = _read("CT_small.dcm")
+        _raw(ds, "PixelSpacing", "DS", value)
+        add(f"spacing/CT_small/pixel-spacing-{name}", _write(ds), "session.run", ACCEPTED, "",
+            f"CT_small with Pixel Spacing {value.replace(chr(92) * 2, chr(92))} mm: ignored, no areas", areas="none",
+            **seg)
+    for name, dx, dy, areas in (("1e300-cm", "1e300", "1e300", "none"), ("1e-300-cm", "1e-300", "1e-300", "none"),
+                                ("1e160-cm-product-overflows", "1e160", "1e160", "none"),
+                                ("0.01-cm", "0.01", "0.01", "finite")):
+        add(f"spacing/US1_UNCR/region-delta-{name}", _write(with_us_region(dx, dy)), "session.run", ACCEPTED, "",
+            f"ultrasound region with PhysicalDeltaX/Y {dx}/{dy} cm", areas=areas, **seg)
+    ds = _read("CT_small.dcm")
+    ds.Modality = "DX"
+    _raw(ds, "ImagerPixelSpacing", "DS", "0.1\\0.1")
+    _raw(ds, "EstimatedRadiographicMagnificationFactor", "DS", "1e-300")
+    del ds.PixelSpacing
+    add("spacing/CT_small/dx-magnification-1e-300", _write(ds), "session.run", ACCEPTED, "",
+        "DX with Imager Pixel Spacing 0.1 mm and magnification factor 1e-300 (spacing / ERMF = 1e299 mm)",
+        areas="finite", **seg)
+
+
 GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes, _cases_deflate,
-                                _cases_declared_lengths, _cases_offset_tables)
+                                _cases_declared_lengths, _cases_offset_tables, _cases_enhanced, _cases_spacing)
 
 
 def generate(out: Path) -> list[Case]:
@@ -466,6 +616,8 @@ def generate(out: Path) -> list[Case]:
         rel = f"dicom13/{case_id.replace('/', '__')}.dcm"
         (out / rel).write_bytes(data)
         form = kwargs.pop("form", forms[len(cases) % len(forms)])
+        if entry == "session.stream" and form == "fileobj":
+            form = "bytes"  # Session.stream takes paths, bytes and Datasets (a file object is an iterable of lines)
         cases.append(Case(id=f"dicom13/{case_id}", group="dicom", entry=entry, expect=expect, match=match, why=why,
                           file=rel, kwargs={"form": form, **kwargs}))
 

@@ -253,3 +253,68 @@ def test_valid_offset_tables_are_used_without_a_note():
     seq = dicom.read(_emri_with_tables("emri_small_RLE.dcm", lambda r: [], lambda r, n: (r, n)))
     np.testing.assert_array_equal(seq[5].pixels, pixel_array(data_file("emri_small_RLE.dcm"))[5])
     assert not any("Offset Table" in n for n in seq.decode_warnings)
+
+
+# -- Enhanced multi-frame: rescale, VOI and spacing from the functional groups ------------------------
+def test_enhanced_ct_shared_groups_give_the_classic_grey_levels():
+    from tests.corpus.hostile_dicom import classic_reference
+
+    from .oracle import kernel_grey_levels, pydicom_reference
+
+    ds = pydicom.dcmread(data_file("eCT_Supplemental.dcm"))
+    assert "RescaleIntercept" not in ds  # only in SharedFunctionalGroupsSequence
+    seq = dicom.read(data_file("eCT_Supplemental.dcm"))
+    assert (seq.rescale_intercept, seq.rescale_slope) == (-1024.0, 1.0)
+    assert seq.windows == (dicom.Window(49.0, 102.0),)
+    assert seq.pixel_spacing_mm == (0.388672, 0.388672) and "Shared Functional Groups" in seq.spacing_source
+    classic = classic_reference(ds)
+    for i, frame in enumerate(seq):
+        assert frame.info.modality_lut.intercept == -1024.0
+        ref = pydicom_reference(classic, index=i)  # pydicom's chain on the classic form of the same frame
+        np.testing.assert_allclose(kernel_grey_levels(frame), ref, atol=2e-6, rtol=1e-5)
+
+
+def test_enhanced_per_frame_values_apply_to_their_frame_only():
+    from engine.errors import InputError
+    from engine.spec import PreprocessSpec
+    from tests.corpus.hostile_dicom import enhanced_ct
+
+    ds = enhanced_ct(per_frame=[{}, {"PixelValueTransformationSequence": {"RescaleIntercept": "0", "RescaleSlope": "2"},
+                                     "FrameVOILUTSequence": {"WindowCenter": "1000", "WindowWidth": "400",
+                                                             "VOILUTFunction": "SIGMOID"},
+                                     "PixelMeasuresSequence": {"PixelSpacing": ["0.5", "0.25"]}}])
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.PerFrameFunctionalGroupsSequence[0].PixelValueTransformationSequence = pydicom.Sequence([pydicom.Dataset()])
+    item = ds.PerFrameFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    item.RescaleIntercept, item.RescaleSlope = "-1024", "1"
+    seq = dicom.read(_bytes(ds))
+    f0, f1 = seq[0], seq[1]
+    assert (f0.rescale_slope, f0.rescale_intercept, f0.windows[0].width, f0.pixel_spacing_mm) == \
+        (1.0, -1024.0, 102.0, (0.388672, 0.388672))
+    assert (f1.rescale_slope, f1.rescale_intercept, f1.windows[0].center, f1.voi_lut_function) == \
+        (2.0, 0.0, 1000.0, "SIGMOID")
+    assert f1.pixel_spacing_mm == (0.5, 0.25) and "Per-frame" in f1.spacing_source
+    assert [s.rescale_slope for s in seq] == [1.0, 2.0]  # iteration too
+    model = PreprocessSpec(out_height=16, out_width=16)
+    assert f1.spec_for(model).rescale_slope == 2.0 and f1.spec_for(model).voi_function == "sigmoid"
+    assert seq.frames_differ
+    with pytest.raises(InputError, match="use seq\\[i\\].spec_for"):
+        seq.spec_for(model)
+
+
+@pytest.mark.parametrize("per_frame,shared,match", [
+    (None, {"PixelValueTransformationSequence": {"RescaleSlope": "0", "RescaleIntercept": "0"}},
+     r"SharedFunctionalGroupsSequence > PixelValueTransformationSequence: RescaleSlope \(0028,1053\): must be non-zero"),
+    ([{}, {"FrameVOILUTSequence": {"WindowCenter": "40", "WindowWidth": "0.5"}}], None,
+     r"PerFrameFunctionalGroupsSequence item 1 > FrameVOILUTSequence: WindowWidth \(0028,1051\)"),
+])
+def test_bad_values_in_functional_groups_are_refused_with_their_path(per_frame, shared, match):
+    from tests.corpus.hostile_dicom import enhanced_ct
+
+    with pytest.raises(DicomError, match=match):
+        dicom.read(_bytes(enhanced_ct(per_frame=per_frame, shared=shared)))
+
+
+def test_enhanced_mr_without_functional_groups_reads_as_before():
+    seq = dicom.read(data_file("emri_small.dcm"))  # Enhanced MR Image Storage, no functional groups kept
+    assert not seq.frames_differ and seq.modality_lut.kind == "identity"
