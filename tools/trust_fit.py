@@ -31,7 +31,7 @@ from engine.trust.calibration import expected_calibration_error, fit_temperature
 
 FALSE_ALARM_TARGET = 0.05
 SHRINKAGE = 0.1  # covariance shrinkage toward a scaled identity (features outnumber what a few hundred slices pin)
-MAX_TRAIN = 1024  # train slices for the Gaussian fit
+MAX_TRAIN = 512  # train slices for the Gaussian fit and the normalization (evenly spaced when there are more)
 BATCH = 32
 SCALE_FLOOR = {"input_clipped": 0.005}  # a fraction of pixels: below half a percent is not a signal
 
@@ -204,9 +204,10 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
             verify_unchanged(onnx_bytes, extended)
     runner = _Runner(extended or onnx_bytes, threads)
     maha = None
-    train = _model_pass(runner, data.train[:MAX_TRAIN], task, out_name, None)
+    pick = np.linspace(0, len(data.train) - 1, min(len(data.train), MAX_TRAIN)).astype(int)
+    train = _model_pass(runner, data.train[pick], task, out_name, None)
     if task == "classification" and extended is not None:
-        maha = fit_mahalanobis(train["features"], data.train_y[:MAX_TRAIN], len(data.labels))
+        maha = fit_mahalanobis(train["features"], data.train_y[pick], len(data.labels))
     sets = {"val": data.val, "test": data.test, **data.ood}
     passes = {name: _model_pass(runner, x, task, out_name, maha, keep_seg_logits=name in ("val", "test"))
               for name, x in sets.items()}
@@ -222,7 +223,7 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
     # Each statistic is normalized on train + validation (more anatomy: the CT splits are disjoint z-blocks
     # of one patient), except the Mahalanobis distance, whose Gaussian was fitted on the train split (its
     # distances there are optimistic): validation only. The threshold is set on the validation set alone.
-    train_sig = {**{k: v[:MAX_TRAIN] for k, v in input_signals["train"].items()},
+    train_sig = {**{k: v[pick] for k, v in input_signals["train"].items()},
                  **{k: train[k] for k in names if k in train}}
     norm_sig = {n: val_sig[n] if n == "mahalanobis" else np.concatenate([train_sig[n], val_sig[n]])
                 for n in names}
@@ -331,19 +332,24 @@ def fit_trust(source_dir: str | Path, data: FitData, *, intended: dict | None, t
 
 
 # -- from a toolchain dataset -----------------------------------------------------------------------
-def data_for(dataset_name: str, *, fast: bool, seed: int = 0, cache_dir=None, other_tasks: bool = True) -> FitData:
-    """FitData of a toolchain dataset: splits through its own spec, plus the OOD sets of tools/trust_sets."""
+def data_for(dataset_name: str, *, fast: bool, seed: int = 0, cache_dir=None,
+             other_tasks: bool | None = None) -> FitData:
+    """FitData of a toolchain dataset: splits through its own spec, plus the OOD sets of tools/trust_sets.
+    `fast` (the demo's --fast budget): smaller synthetic sets, the real files that decode quickly, and no
+    other-task sets unless `other_tasks` asks for them."""
     from tools import trust_sets
     from tools.data import DATASETS, load_dataset
 
+    other_tasks = not fast if other_tasks is None else other_tasks
     ds = load_dataset(dataset_name, fast=fast, seed=seed, cache_dir=cache_dir)
     val = np.concatenate([ds.inputs("val"), ds.inputs("calib")])
     val_y = np.concatenate([ds.targets("val"), ds.targets("calib")])
     ood: dict[str, np.ndarray] = {}
-    real_x, rows = trust_sets.real_dicom(ds.spec, ds.voi_policy)
+    real_x, rows = trust_sets.real_dicom(ds.spec, ds.voi_policy,
+                                         names=trust_sets.REAL_FILES_FAST if fast else trust_sets.REAL_FILES)
     if len(real_x):
         ood["real DICOM"] = real_x
-    ood.update(trust_sets.synthetic(ds.splits["test"].images, ds.spec, seed=seed))
+    ood.update(trust_sets.synthetic(ds.splits["test"].images, ds.spec, n=32 if fast else 48, seed=seed))
     if other_tasks:
         others = {}
         for name in DATASETS:

@@ -25,6 +25,9 @@ REAL_FILES = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm", "MR_small.dcm", "M
               "US1_UNCR.dcm", "color3d_jpeg_baseline.dcm", "OBXXXX1A.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm",
               "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_rgb.dcm", "693_UNCR.dcm", "gdcm-US-ALOKA-16.dcm",
               "OT-PAL-8-face.dcm")
+# The demo's --fast budget: the same kinds of files without the two slowest decodes (16-bit palette US, JPEG
+# lossless process 14).
+REAL_FILES_FAST = tuple(n for n in REAL_FILES if n not in ("gdcm-US-ALOKA-16.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"))
 _FRAMES_PER_FILE = 3
 
 
@@ -109,4 +112,4 @@ def other_tasks(images_by_task: dict[str, np.ndarray], spec, *, n: int = 48, see
     return out
 
 
-__all__ = ["real_dicom", "synthetic", "other_tasks", "REAL_FILES"]
+__all__ = ["real_dicom", "synthetic", "other_tasks", "REAL_FILES", "REAL_FILES_FAST"]
