@@ -211,7 +211,8 @@ class _Run:
                    "macs": rec["macs"], "flop_convention": "1 MAC = 2 FLOPs; conv/linear only",
                    "teacher": {k: self.records["teacher"].get(k) for k in ("test", "params", "flops")},
                    "student_alone": {k: self.records["student_alone"][k] for k in ("test", "params", "flops")},
-                   "honest_label": f"user DICOM folder {self.folder.root.name}; held-out test split by PatientID"}
+                   "honest_label": (self.folder.card().get("provenance") or {}).get("label")
+                   or f"DICOM folder {self.folder.root.name}; held-out test split by PatientID"}
         if metrics["model"].get("threshold") is not None:
             metrics["threshold"] = metrics["model"]["threshold"]
         p = self.spec.preprocess
@@ -295,7 +296,8 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
 
     teacher: an nn.Module, or an .onnx / TorchScript file. spec: a spec file, dict or ModelSpec
     (tools.model_spec). student: a name ("tiny", "small", "base", "small:depth=3", "unet-w6-d4"; see
-    tools.students) or an nn.Module of the user's (trained from its current weights, copied). threads:
+    tools.students) or an nn.Module of the user's (trained from its current weights, copied). data: a DICOM
+    folder, or a data source object such as tools.dataset.zoo.ZooSource (then spec=None). threads:
     PyTorch CPU threads for training (1 on a busy shared machine: idle OpenMP threads spin). Returns
     the report (also OUT/report.json, report.md). Raises DatasetError subclasses, SpecError, TeacherError,
     OutputExists (OUT holds something else)."""
@@ -308,7 +310,13 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
 
     t_start = time.perf_counter()
     say = progress or (lambda *_: None)
-    spec = _as_spec(spec)
+    source = data if hasattr(data, "inputs") and hasattr(data, "targets") else None  # e.g. tools.dataset.zoo
+    if source is not None:
+        if spec is not None and _as_spec(spec).to_dict() != source.spec.to_dict():
+            raise InputError(f"spec: {source.spec.where} has its own spec; pass spec=None (or that same spec)")
+        spec = source.spec
+    else:
+        spec = _as_spec(spec)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise InputError(f"epochs must be a positive integer, got {epochs!r}")
     if isinstance(student, nn.Module):
@@ -321,9 +329,13 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
     out = _claim(Path(out).expanduser(), force)
 
     say("data", 0.0, f"checking {data}")
-    folder = open_folder(data, spec, labels=labels, masks=masks, splits=splits, seed=seed, exclude=(out,))
-    write_json_atomic(out / "dataset_check.json", folder.report, force=True)
-    write_text_atomic(out / "dataset_check.md", report_markdown(folder.report), force=True)
+    if source is not None:
+        folder = source
+        write_json_atomic(out / "dataset_check.json", folder.report, force=True)
+    else:
+        folder = open_folder(data, spec, labels=labels, masks=masks, splits=splits, seed=seed, exclude=(out,))
+        write_json_atomic(out / "dataset_check.json", folder.report, force=True)
+        write_text_atomic(out / "dataset_check.md", report_markdown(folder.report), force=True)
     say("data", 1.0, f"{folder.report['n_used']} images, splits {folder.report['splits_status']}")
     say("teacher", 0.0, "loading and checking the teacher against the spec")
     t = load_teacher(teacher, spec)
@@ -366,9 +378,12 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
         run.records[name]["latency"] = v
     say("latency", 1.0, ", ".join(f"{n} {v['p50_ms']:.2f} ms" for n, v in lat.items()))
 
-    project = {"schema": "slicert-byom/1", "spec": spec.to_dict(), "spec_source": spec.where,
-               "data": str(folder.root), "labels": str(folder.labels_file) if folder.labels_file else None,
-               "masks": str(folder.masks_dir) if folder.masks_dir else None, "splits": str(folder.splits_file),
+    if source is not None:
+        where = {"zoo": {"name": source.name, "fast": source.fast, "seed": source.seed}}
+    else:
+        where = {"data": str(folder.root), "labels": str(folder.labels_file) if folder.labels_file else None,
+                 "masks": str(folder.masks_dir) if folder.masks_dir else None, "splits": str(folder.splits_file)}
+    project = {"schema": "slicert-byom/1", "spec": spec.to_dict(), "spec_source": spec.where, **where,
                "seed": seed, "student": student_arch, "teacher": {"kind": t.kind, "source": t.source,
                                                                   "sha256": t.sha256}}
     write_json_atomic(out / PROJECT, project, force=True)
@@ -396,8 +411,9 @@ def markdown(result: dict) -> str:
     labels = result["labels"]
     d = result["dataset"]
     lines = [f"# {result['name']}: teacher vs student (held-out test split)", "",
-             f"Data: {d['root']} ({d['n_used']} images; test split {d['images']['test']} images of "
-             f"{d['patients']['test']} patients, split by PatientID in {d['splits_file']}). Metrics on the test "
+             f"Data: {d['root']} ({d['n_used']} images; test split {d['images']['test']} images"
+             + (f" of {d['patients']['test']} patients, split by PatientID in {d['splits_file']}" if
+                d["patients"]["test"] is not None else f"; split rule: {d['splits_file']}") + "). Metrics on the test "
              f"split only; the operating point of a binary classifier is chosen on val. Not clinically validated.",
              "", "| model | params | MFLOPs | CPU p50 ms | " + (" | ".join(f"Dice {o}" for o in labels[1:]) +
                                                              " | mean Dice |" if seg else "AUC (95% CI) | accuracy |"),
@@ -437,6 +453,10 @@ def open_project_data(out: str | Path):
 
     out = Path(out)
     p = _project(out)
+    if p.get("zoo"):
+        from tools.dataset.zoo import ZooSource
+
+        return ZooSource(**p["zoo"])
     spec = model_spec.from_dict(p["spec"], str(out / PROJECT))
     return open_folder(p["data"], spec, labels=p["labels"], masks=p["masks"], splits=p["splits"], seed=p["seed"],
                        exclude=(out,))

