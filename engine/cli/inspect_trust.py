@@ -64,6 +64,13 @@ def render_trust(console: Any, manifest: dict[str, Any], fmt_cell) -> None:
                   f"{_num(c.get('nll_test_before'), '.4f')} -> {_num(c.get('nll_test_after'), '.4f')}",
                   fmt_cell(c.get("unit")))
     console.print(t)
+    default = (manifest.get("default_variant") or {}).get("onnxruntime")
+    rows = (report.get(default) or {}).get("real_files") or []
+    if rows:
+        console.print(fmt_cell(f"  real DICOM ({default}): " + "; ".join(
+            f"{r.get('file')}{'' if not r.get('frame') else ' frame ' + str(r.get('frame'))}: "
+            f"{'flagged' if r.get('flag') else 'not flagged'} ({r.get('statistic')}, score {_num(r.get('score'), '.3g')})"
+            for r in rows)))
     for key in ("dataset", "fit", "threshold", "temperature", "measured"):
         if data.get(key):
             console.print(fmt_cell(f"  {key}: {data[key]}"))
