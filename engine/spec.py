@@ -140,12 +140,27 @@ class PreprocessSpec:
             raise bad("quant_zero_point", f"must be in [-128, 127], got {self.quant_zero_point}")
         if self.rescale_slope == 0:
             raise bad("rescale_slope", "must be non-zero")
+        # The kernel computes in float32: a value that is fine in float64 can round to 0 there (a slope
+        # or width of 1e-46), and a window narrower than float32 can follow makes the ramp's slope
+        # inf and (x - c) * inf NaN. Checked on the float32 values the kernel will see.
+        if np.float32(self.rescale_slope) == 0:
+            raise bad("rescale_slope", f"{self.rescale_slope!r} is 0 in float32 (the kernel's precision)")
         # PS3.3 C.11.2.1.2.1: Window Width >= 1 for LINEAR/SIGMOID; > 0 for LINEAR_EXACT.
         if self.voi_function in ("linear", "sigmoid") and self.window_width < 1:
             raise bad("window_width", f"must be >= 1 for {self.voi_function.upper()} (PS3.3 C.11.2.1.2.1), "
                                       f"got {self.window_width}")
-        if self.voi_function == "linear_exact" and self.window_width <= 0:
-            raise bad("window_width", f"must be > 0 for LINEAR_EXACT, got {self.window_width}")
+        if self.voi_function == "linear_exact" and not np.float32(self.window_width) > 0:
+            raise bad("window_width", f"must be > 0 for LINEAR_EXACT (in float32, the kernel's precision), "
+                                      f"got {self.window_width}")
+        if self.voi_function in ("linear", "linear_exact") and self.modality_lut is None:
+            w32 = np.float32(self.window_width)
+            ramp = float(w32 - np.float32(1)) if self.voi_function == "linear" else float(w32)
+            if ramp > 0:  # LINEAR with w == 1 is a step: no ramp, no division
+                gain = abs(float(np.float32(self.rescale_slope))) * (float(self.output_max) - float(self.output_min))
+                if not gain / ramp < 1e30:
+                    raise bad("window_width", f"{self.window_width!r} is too narrow for float32 processing: the "
+                                              f"ramp's slope (output range x rescale_slope / width = "
+                                              f"{gain / ramp:.3g} per stored value) would overflow")
         if self.voi_function == "lut" and self.voi_lut is None:
             raise bad("voi_lut", "voi_function='lut' needs a voi_lut table")
         if not 1 <= int(self.voi_lut_bits) <= 16:

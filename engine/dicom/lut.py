@@ -81,6 +81,8 @@ def read_modality_lut(ds: Any, pm: PixelModule, source: str, notes: list[str]) -
     intercept = get_float(ds, "RescaleIntercept", source, default=0.0)
     if slope == 0:
         raise fail(source, "RescaleSlope", "must be non-zero (PS3.3 C.11.1.1.2)")
+    if np.float32(slope) == 0:
+        raise fail(source, "RescaleSlope", f"{slope:g} is 0 in float32, the precision the kernel computes in")
     kind = "identity" if (slope == 1.0 and intercept == 0.0) else "rescale"
     mlut = ModalityLUT(kind, slope, intercept, None, get_str(ds, "RescaleType", source, "") or "")
     lo, hi = modality_range(pm, mlut)
@@ -138,10 +140,15 @@ def read_voi(ds: Any, pm: PixelModule, mlut: ModalityLUT, source: str, notes: li
                     raise fail(source, keyword, f"value {i} is {value:g}, beyond float32 processing range")
             # C.11.2.1.2.1: width >= 1 for LINEAR; C.11.2.1.3.2: > 0 for LINEAR_EXACT. SIGMOID has no
             # explicit bound in the standard; the kernel spec requires >= 1 as for LINEAR.
-            bad = w <= 0 if function == "LINEAR_EXACT" else w < 1
+            # LINEAR_EXACT: > 0 in float32, the kernel's precision (1e-46 is positive in float64, 0 in
+            # float32, and a 0 width makes the ramp 0/0 = NaN), and not narrower than 1e-30.
+            bad = not float(np.float32(w)) >= 1e-30 if function == "LINEAR_EXACT" else w < 1
+            if bad and function == "LINEAR_EXACT":
+                raise fail(source, "WindowWidth", f"value {i} is {w:g}; must be > 0 for LINEAR_EXACT (PS3.3 "
+                                                  f"C.11.2.1.3.2), and >= 1e-30 to stay > 0 with a finite ramp "
+                                                  f"in float32, the kernel's precision")
             if bad:
-                bound = "> 0" if function == "LINEAR_EXACT" else ">= 1"
-                raise fail(source, "WindowWidth", f"value {i} is {w:g}; must be {bound} for {function} "
+                raise fail(source, "WindowWidth", f"value {i} is {w:g}; must be >= 1 for {function} "
                                                   f"(PS3.3 C.11.2.1.2)")
             windows.append(Window(c, w, explanations[i] if i < len(explanations) else ""))
     luts: list[LookupTable] = []
