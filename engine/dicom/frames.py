@@ -96,6 +96,15 @@ class FrameDecoder:
         arr, props = self._call(lambda: self._decoder.as_array(self._ds, index=index, **self._options), index)
         return self._finish(arr, props, index)
 
+    def float_range(self) -> tuple[float, float]:
+        """(min, max) of the finite values over all frames of native float pixel data."""
+        self.frame(0)  # decodes (views) every frame of native data at once
+        assert self._all is not None
+        finite = self._all[np.isfinite(self._all)]
+        if finite.size == 0:
+            raise fail(self._source, self._pm.pixel_keyword, "holds no finite value (all NaN or Inf)")
+        return float(finite.min()), float(finite.max())
+
     def iterate(self) -> Iterator[np.ndarray]:
         if not self._pm.encapsulated:
             for i in range(self._pm.number_of_frames):
@@ -274,6 +283,13 @@ class FrameDecoder:
         pm = self._pm
         bits = pm.bits_stored
         width = arr.dtype.itemsize * 8
+        if arr.size and not pm.encapsulated and pm.high_bit != bits - 1 and width == pm.bits_allocated:
+            # PS3.5 8.1.1: the value occupies bits [HighBit - BitsStored + 1, HighBit] of the cell:
+            # move HighBit to the top, then shift down (arithmetic for signed: sign-extends).
+            out = np.array(arr, copy=True)
+            np.left_shift(out, width - 1 - pm.high_bit, out=out)
+            np.right_shift(out, width - bits, out=out)
+            return out
         if bits >= width or arr.size == 0:
             return arr
         signed = arr.dtype.kind == "i"

@@ -92,6 +92,19 @@ def read(src: Any, *, pixel_limit: int = header.DEFAULT_PIXEL_LIMIT) -> Slice | 
     info = with_notes(info)
     frame_infos = None if per_frame is None else tuple(with_notes(i) for i in per_frame)
     decoder = frames.FrameDecoder(ds, pm, name, palette)
+    if pm.pixel_keyword != "PixelData" and pm.is_grey:
+        # Float / Double Float Pixel Data (PS3.3 C.7.6.24) have no stored range: BitsStored 32 would make
+        # the default window span [0, 2^32 - 1] and every real value (e.g. [0, 1]) map to black. The
+        # data's own finite range is the range of this image.
+        lo, hi = decoder.float_range()
+        if mlut.kind == "rescale":
+            a, b = lo * mlut.slope + mlut.intercept, hi * mlut.slope + mlut.intercept
+            lo, hi = min(a, b), max(a, b)
+        if not hi > lo:
+            hi = lo + 1.0  # a flat image: any window of it is flat
+        info = dataclasses.replace(info, value_range=(lo, hi))
+        frame_infos = None if frame_infos is None else tuple(dataclasses.replace(i, value_range=(lo, hi))
+                                                             for i in frame_infos)
     if pm.number_of_frames > 1:
         return FrameSequence(decoder, info, ds, frame_infos)
     return Slice(decoder.frame(0), 0, info if frame_infos is None else frame_infos[0], ds, tuple(decoder.notes))
