@@ -102,10 +102,18 @@ def read_pixel_module(ds: Any, source: str, pixel_limit: int, notes: list[str]) 
     if not 1 <= stored <= allocated:
         raise fail(source, "BitsStored", f"must be in [1, BitsAllocated={allocated}], got {stored}")
     high_bit = get_int(ds, "HighBit", source, default=stored - 1)
+    if pixel_keyword == "PixelData" and not stored - 1 <= high_bit <= allocated - 1:
+        # PS3.5 8.1.1: the BitsStored bits end at HighBit inside a BitsAllocated-bit cell.
+        raise fail(source, "HighBit", f"{high_bit} places BitsStored {stored} bits outside the BitsAllocated "
+                                      f"{allocated}-bit cell: must be in [{stored - 1}, {allocated - 1}] "
+                                      f"(PS3.5 8.1.1)")
     if high_bit != stored - 1:
-        # PS3.5 8.1.1 allows other alignments in principle, but every current IOD requires
-        # HighBit = BitsStored - 1 and every decoder assumes it; the stored bits are read from bit 0.
-        notes.append(f"HighBit {high_bit} != BitsStored - 1 = {stored - 1}; reading the low BitsStored bits")
+        # PS3.5 8.1.1: the value sits in bits [HighBit - BitsStored + 1, HighBit]. Native data is
+        # shifted down when decoded (frames.py); decoders of compressed syntaxes already return
+        # right-aligned values (the codestream's precision is BitsStored), so their HighBit is moot.
+        where = ("ignored: the codec returns right-aligned values" if encapsulated else
+                 f"the stored value is read from bits {high_bit - stored + 1}-{high_bit} (PS3.5 8.1.1)")
+        notes.append(f"HighBit {high_bit} != BitsStored - 1 = {stored - 1}: {where}")
     representation = get_int(ds, "PixelRepresentation", source, default=0)
     if representation not in (0, 1):
         raise fail(source, "PixelRepresentation", f"must be 0 (unsigned) or 1 (signed), got {representation}")
