@@ -101,6 +101,8 @@ def source_view(x: np.ndarray, spec: PreprocessSpec, frame: int | None = None) -
     """Validate `x` and return the (H, W) or (H, W, 3) view of the frame to process (no copy)."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"input must be a numpy.ndarray, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):
+        raise InputError(masked_array_error(x))
     if x.dtype.type not in _ALLOWED_DTYPES:
         raise InputError(f"input dtype {x.dtype} is not supported: use uint8, uint16, int16, int32 or float32")
     if not x.dtype.isnative:
@@ -131,6 +133,15 @@ def source_view(x: np.ndarray, spec: PreprocessSpec, frame: int | None = None) -
             raise InputError(f"input strides {x.strides} reach outside the memory of the array they view "
                              f"(bytes [{lo - bounds[0]}, {hi - bounds[0]}) of a {bounds[1] - bounds[0]}-byte buffer)")
     return x
+
+
+def masked_array_error(x: np.ma.MaskedArray) -> str:
+    """Why a NumPy masked array is refused: the kernel reads the data buffer and would silently use
+    the values under the mask as if they were pixels."""
+    hidden = int(np.count_nonzero(np.ma.getmaskarray(x)))
+    return (f"input is a numpy masked array ({hidden} of {x.size} pixels masked): the mask cannot be honoured "
+            f"and would be dropped; pass x.filled(value) to choose what masked pixels become, or x.data to "
+            f"use the values under the mask")
 
 
 def output_shape(spec: PreprocessSpec, batch: int = 1) -> tuple[int, int, int, int]:

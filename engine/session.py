@@ -401,6 +401,10 @@ class Session:
             raise InputError(f"a GPU array ({type(x).__name__}) was given but this session runs on "
                              f"{self.info['backend']} (CPU): copy it to host memory first, or load the bundle "
                              f"with backend='tensorrt' on a GPU machine")
+        if isinstance(x, np.ma.MaskedArray):  # from_dlpack below would drop the mask without a word
+            from engine.preprocess import masked_array_error
+
+            raise InputError(masked_array_error(x))
         if hasattr(x, "__dlpack__"):  # CPU DLPack (e.g. a PyTorch CPU tensor): zero-copy view
             return self._resolve(np.from_dlpack(x), spec, frame, pixel_spacing_mm)
         if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(x, "read") or \

@@ -12,6 +12,7 @@ from a seeded generator, so every run feeds the same values. Builders:
                misaligned            data pointer at an odd address (a 1-byte offset view)
                fortran / reversed / transposed / every_other   valid but non-contiguous layouts
                readonly
+               masked [none|diagonal|all]   a numpy.ma.MaskedArray over the values
   value      {"value": any JSON}                                 the value itself (None, 3, "x", ...)
   object     {"kind": "list2d" | "dict" | "set" | "object" | "bytes_noise" | "memoryview_noise"}
   spec       {"spec": {...}, "base": "session"|"default"}       a PreprocessSpec (from the session's
@@ -91,6 +92,10 @@ def _apply(arr: np.ndarray, op: str, args: list[Any]) -> np.ndarray:
     if op == "every_other":
         big = np.repeat(np.repeat(arr, 2, axis=0), 2, axis=1)
         return big[::2, ::2]
+    if op == "masked":  # a numpy masked array: mask nothing / the diagonal / everything
+        rows, cols = np.indices(arr.shape[:2])
+        mask = {"none": np.zeros(arr.shape, bool), "diagonal": rows == cols, "all": np.ones(arr.shape, bool)}[args[0]]
+        return np.ma.masked_array(arr, mask=mask)
     if op == "readonly":
         arr = arr.copy()
         arr.setflags(write=False)

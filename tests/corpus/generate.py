@@ -61,6 +61,7 @@ def generate(out: Path) -> list[Case]:
     cases += hostile_bundles.generate(out)
     cases += dicom_files.generate(out)
     cases += hostile_dicom.generate(out)
+    cases += hostile_dicom.array_cases()
     cases += api_cases.array_cases()
     cases += api_cases.preprocess_cases()
     cases += api_cases.postprocess_cases()

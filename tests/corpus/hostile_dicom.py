@@ -599,8 +599,137 @@ def _cases_spacing(add: Callable) -> None:
         areas="finite", **seg)
 
 
+def float_pixels(parent: str, scale: float = 1.0, nan_at: int | None = None, double: bool = False):
+    """`parent`'s (grey, native) pixels as Float (or Double Float) Pixel Data (PS3.3 C.7.6.24), times
+    `scale`; no window, no BitsStored/HighBit/PixelRepresentation (not used with float pixels)."""
+    ds = _read(parent)
+    values = ds.pixel_array.astype(np.float64 if double else np.float32) * scale
+    if nan_at is not None:
+        values.reshape(-1)[nan_at] = np.nan
+    del ds.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "WindowCenter", "WindowWidth",
+                    "RescaleSlope", "RescaleIntercept", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.BitsAllocated = 64 if double else 32
+    if double:
+        ds.DoubleFloatPixelData = values.tobytes()
+    else:
+        ds.FloatPixelData = values.tobytes()
+    return ds, values
+
+
+def integer_reference(parent: str):
+    """`parent` with a LINEAR_EXACT window spanning exactly its data range: what its float twin must give."""
+    ds = _read(parent)
+    lo, hi = int(ds.pixel_array.min()), int(ds.pixel_array.max())
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    _raw(ds, "WindowCenter", "DS", repr((lo + hi) / 2))
+    _raw(ds, "WindowWidth", "DS", str(hi - lo))
+    _raw(ds, "VOILUTFunction", "CS", "LINEAR_EXACT")
+    return ds
+
+
+def high_bit_shifted(parent: str, bits_stored: int, high_bit: int):
+    """`parent` (16-bit) with its values clipped to `bits_stored` bits and stored in bits
+    [high_bit - bits_stored + 1, high_bit] of each cell (PS3.5 8.1.1), and the plain form (HighBit =
+    BitsStored - 1) of the same values."""
+    ds = _read(parent)
+    signed = ds.PixelRepresentation == 1
+    lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    values = np.clip(ds.pixel_array.astype(np.int64), lo, hi)
+    cells = (values & ((1 << bits_stored) - 1)) << (high_bit - bits_stored + 1)
+    plain = copy.deepcopy(ds)
+    plain.BitsStored, plain.HighBit = bits_stored, bits_stored - 1
+    plain.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.BitsStored, ds.HighBit = bits_stored, high_bit
+    ds.PixelData = cells.astype(np.uint16).tobytes()
+    return ds, plain
+
+
+def _cases_float_and_bits(add: Callable) -> None:
+    for parent in ("MR_small.dcm", "CT_small.dcm"):
+        stem = parent[:-4]
+        refname = f"floats/{stem}/integer-reference"
+        add(refname, _write(integer_reference(parent)), "session.run", ACCEPTED, "",
+            f"{parent} with a LINEAR_EXACT window spanning its data range")
+        ds, _ = float_pixels(parent)
+        add(f"floats/{stem}/float-pixel-data", _write(ds), "session.run", ACCEPTED, "",
+            f"{parent}'s values as Float Pixel Data without a window: grey levels from the data's range, as for "
+            f"the integer file windowed over that range", same_as=f"dicom13/{refname.replace('/', '__')}.dcm")
+        ds, _ = float_pixels(parent, scale=1e-3)
+        add(f"floats/{stem}/float-pixel-data-milli", _write(ds), "session.run", ACCEPTED, "",
+            f"{parent}'s values / 1000 as Float Pixel Data (a [0, 4] range windowed over [0, 2^32] was all black)")
+        ds, _ = float_pixels(parent, nan_at=100)
+        add(f"floats/{stem}/float-pixel-data-one-nan", _write(ds), "session.run", "InputError", r"NaN",
+            f"{parent} as Float Pixel Data with one NaN")
+        ds, _ = float_pixels(parent, double=True)
+        add(f"floats/{stem}/double-float-pixel-data", _write(ds), "session.run", "DicomError",
+            r"DoubleFloatPixelData.*64-bit float", f"{parent} as Double Float Pixel Data (no float64 kernel)")
+    ds, values = float_pixels("MR_small.dcm")
+    ds.FloatPixelData = np.full_like(values, np.nan).tobytes()
+    add("floats/MR_small/float-pixel-data-all-nan", _write(ds), "session.run", "DicomError",
+        r"FloatPixelData.*no finite value", "MR_small as Float Pixel Data, every value NaN")
+    for name, width in (("1e-46", "1e-46"), ("1e-40", "1e-40"), ("1e-31", "1e-31")):
+        ds = _read("CT_small.dcm")
+        _raw(ds, "WindowCenter", "DS", "40")
+        _raw(ds, "WindowWidth", "DS", width)
+        _raw(ds, "VOILUTFunction", "CS", "LINEAR_EXACT")
+        add(f"floats/CT_small/linear-exact-width-{name}", _write(ds), "session.run", "DicomError", r"WindowWidth",
+            f"CT_small with a LINEAR_EXACT Window Width of {width} (> 0 in float64, 0 or unusable in float32)")
+    ds = _read("CT_small.dcm")
+    _raw(ds, "RescaleSlope", "DS", "1e-46")
+    add("floats/CT_small/rescale-slope-1e-46", _write(ds), "session.run", "DicomError", r"RescaleSlope.*float32",
+        "CT_small with Rescale Slope 1e-46 (0 in float32)")
+    for parent, bits, high in (("CT_small.dcm", 12, 13), ("CT_small.dcm", 12, 15), ("MR_small.dcm", 10, 14)):
+        ds, plain = high_bit_shifted(parent, bits, high)
+        stem = parent[:-4]
+        refname = f"highbit/{stem}/bits-{bits}-plain-for-high-bit-{high}"
+        add(refname, _write(plain), "session.run", ACCEPTED, "", f"{parent} with {bits} bits stored from bit 0")
+        add(f"highbit/{stem}/bits-{bits}-high-bit-{high}", _write(ds), "session.run", ACCEPTED, "",
+            f"{parent} with BitsStored {bits} ending at HighBit {high} (PS3.5 8.1.1): the values must be read from "
+            f"bits {high - bits + 1}-{high}", same_as=f"dicom13/{refname.replace('/', '__')}.dcm")
+    for parent, bits, high in (("CT_small.dcm", 12, 16), ("MR_small.dcm", 12, 9), ("CT_small.dcm", 16, 14)):
+        ds = _read(parent)
+        ds.BitsStored, ds.HighBit = bits, high
+        add(f"highbit/{parent[:-4]}/bits-{bits}-high-bit-{high}-invalid", _write(ds), "session.run", "DicomError",
+            r"HighBit \(0028,0102\).*PS3.5 8.1.1", f"{parent}: BitsStored {bits} with HighBit {high} does not fit "
+                                                   f"the 16-bit cell")
+
+
+def array_cases() -> list[Case]:
+    """The array / spec side of the same root causes (no files)."""
+    cases = []
+    for mask in ("none", "diagonal", "all"):
+        for dtype in ("uint16", "float32"):
+            recipe = {"make": "array", "dtype": dtype, "then": [["masked", mask]]}
+            cases.append(Case(id=f"array13/masked-{mask}-{dtype}", group="array", entry="session.run",
+                              expect="InputError", match=r"masked array", recipe=recipe,
+                              why=f"a numpy masked array ({dtype}, mask {mask}): the mask would be dropped"))
+    cases.append(Case(id="array13/masked-diagonal-preprocess", group="preprocess", entry="preprocess",
+                      expect="InputError", match=r"masked array",
+                      recipe={"make": "array", "then": [["masked", "diagonal"]]},
+                      kwargs={"spec": {"make": "spec", "spec": {}}},
+                      why="preprocess() with a numpy masked array"))
+    for name, changes, match in (
+            ("linear-exact-width-1e-46", {"voi_function": "linear_exact", "window_width": 1e-46}, r"window_width"),
+            ("linear-exact-width-1e-40", {"voi_function": "linear_exact", "window_width": 1e-40}, r"window_width"),
+            ("linear-exact-width-5e-45", {"voi_function": "linear_exact", "window_width": 5e-45}, r"window_width"),
+            ("rescale-slope-1e-46", {"rescale_slope": 1e-46}, r"rescale_slope"),
+            ("linear-width-just-above-1-slope-1e36", {"voi_function": "linear", "window_width": 1.0 + 2 ** -20,
+                                                       "rescale_slope": 1e36}, r"window_width")):
+        cases.append(Case(id=f"array13/spec-{name}", group="array", entry="session.run", expect="InputError",
+                          match=match, recipe={"make": "array"}, kwargs={"spec": {"make": "spec", "spec": changes}},
+                          why=f"spec=session.spec.replace({changes}): positive in float64, 0 or overflowing in "
+                              f"float32 (the kernel's precision)"))
+    return cases
+
+
 GROUPS: tuple[Callable, ...] = (_cases_padding, _cases_segmented_lut, _cases_jp2_boxes, _cases_deflate,
-                                _cases_declared_lengths, _cases_offset_tables, _cases_enhanced, _cases_spacing)
+                                _cases_declared_lengths, _cases_offset_tables, _cases_enhanced, _cases_spacing,
+                                _cases_float_and_bits)
 
 
 def generate(out: Path) -> list[Case]:

@@ -318,3 +318,86 @@ def test_bad_values_in_functional_groups_are_refused_with_their_path(per_frame, 
 def test_enhanced_mr_without_functional_groups_reads_as_before():
     seq = dicom.read(data_file("emri_small.dcm"))  # Enhanced MR Image Storage, no functional groups kept
     assert not seq.frames_differ and seq.modality_lut.kind == "identity"
+
+
+# -- float32 terms, float pixel data, HighBit, masked arrays ----------------------------------------------
+@pytest.mark.parametrize("changes,field", [
+    (dict(voi_function="linear_exact", window_width=1e-46), "window_width"),  # 0 in float32
+    (dict(voi_function="linear_exact", window_width=1e-40), "window_width"),  # ramp slope overflows float32
+    (dict(rescale_slope=1e-46), "rescale_slope"),
+    (dict(voi_function="linear", window_width=1 + 2**-20, rescale_slope=1e36), "window_width"),
+])
+def test_spec_values_are_validated_in_float32_terms(changes, field):
+    from engine.errors import InputError
+    from engine.spec import PreprocessSpec
+
+    with pytest.raises(InputError, match=f"PreprocessSpec.{field}"):
+        PreprocessSpec(out_height=8, out_width=8, **changes)
+
+
+def test_narrowest_window_float32_can_follow_stays_finite():
+    from engine.preprocess import preprocess
+    from engine.spec import PreprocessSpec
+
+    x = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    for width in (1e-20, 1e-6, 1e-3):  # narrower than one pixel step (1/4096) down to 1e-20
+        spec = PreprocessSpec(out_height=64, out_width=64, resize="nearest", voi_function="linear_exact",
+                              window_center=float(x[10, 10]), window_width=width)
+        out = preprocess(x, spec)
+        assert np.isfinite(out).all() and out.min() == 0 and out.max() == 1
+
+
+@pytest.mark.parametrize("width", ["1e-46", "1e-40", "1e-31"])
+def test_file_window_width_zero_in_float32_is_refused(width):
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = "40", width, "LINEAR_EXACT"
+    with pytest.raises(DicomError, match=r"WindowWidth \(0028,1051\).*float32"):
+        dicom.read(ds)
+
+
+@pytest.mark.parametrize("parent,scale", [("MR_small.dcm", 1.0), ("CT_small.dcm", 1e-3), ("MR_small.dcm", 1e-6)])
+def test_float_pixel_data_is_windowed_over_its_own_range(parent, scale):
+    from engine.spec import PreprocessSpec
+    from tests.corpus.hostile_dicom import float_pixels
+
+    from .oracle import kernel_grey_levels
+
+    ds, values = float_pixels(parent, scale=scale)
+    img = dicom.read(_bytes(ds))
+    lo, hi = float(values.min()), float(values.max())
+    assert img.value_range == (lo, hi)
+    grey = kernel_grey_levels(img)
+    np.testing.assert_allclose(grey, (values - lo) / (hi - lo), atol=2e-6, rtol=1e-5)
+    assert img.spec_for(PreprocessSpec(out_height=8, out_width=8)).window_width == pytest.approx(hi - lo)
+
+
+@pytest.mark.parametrize("parent,bits,high", [("CT_small.dcm", 12, 13), ("CT_small.dcm", 12, 15),
+                                              ("MR_small.dcm", 10, 14), ("MR_small.dcm", 12, 12)])
+def test_high_bit_places_the_stored_bits(parent, bits, high):
+    from tests.corpus.hostile_dicom import high_bit_shifted
+
+    shifted, plain = high_bit_shifted(parent, bits, high)
+    got, want = dicom.read(_bytes(shifted)), dicom.read(_bytes(plain))
+    np.testing.assert_array_equal(got.pixels, want.pixels)
+    assert got.pixels.dtype == want.pixels.dtype and np.ptp(got.pixels) > 0
+    assert any(f"bits {high - bits + 1}-{high}" in n for n in got.warnings)
+
+
+@pytest.mark.parametrize("bits,high", [(12, 16), (12, 10), (16, 14)])
+def test_high_bit_outside_the_cell_is_refused(bits, high):
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.BitsStored, ds.HighBit = bits, high
+    with pytest.raises(DicomError, match=r"HighBit \(0028,0102\): .*must be in"):
+        dicom.read(ds)
+
+
+@pytest.mark.parametrize("mask", ["none", "diagonal", "all"])
+def test_masked_arrays_are_refused_not_unmasked(mask):
+    from engine.errors import InputError
+    from engine.preprocess import preprocess
+    from engine.spec import PreprocessSpec
+    from tests.corpus.arrays import materialize
+
+    x = materialize({"make": "array", "then": [["masked", mask]]})
+    with pytest.raises(InputError, match="masked array"):
+        preprocess(x, PreprocessSpec(out_height=8, out_width=8))
