@@ -315,9 +315,11 @@ def test_a_second_worker_on_a_served_segment_is_refused(driver, fw_bundles, star
         d.close()
 
 
-def test_client_reconnects_to_a_recreated_segment(driver, fw_bundles, start_worker):
+@pytest.mark.parametrize("sanitized", [False, True], ids=["plain", "asan-ubsan"])
+def test_client_reconnects_to_a_recreated_segment(sanitized, request, fw_bundles, start_worker):
+    exe = request.getfixturevalue("asan_driver" if sanitized else "driver")
     w = start_worker(fw_bundles["cls"])
-    d = Interactive(driver, w.name, "still", 64, 64, 64, 64)
+    d = Interactive(exe, w.name, "still", 64, 64, 64, 64, env=driver_env(sanitized))
     try:
         assert d.cmd("small 2") == "OK 2"
         w.stop()  # the whole service goes away (segment unlinked), then comes back under the same name
@@ -328,12 +330,14 @@ def test_client_reconnects_to_a_recreated_segment(driver, fw_bundles, start_work
         assert d.cmd("small 5") == "OK 5"
         assert w2.proc.poll() is None
     finally:
-        d.close()
+        assert d.close() == 0
 
 
-def test_standalone_worker_death_is_an_error_code_not_a_hang(driver, fw_bundles, start_worker):
+@pytest.mark.parametrize("sanitized", [False, True], ids=["plain", "asan-ubsan"])
+def test_standalone_worker_death_is_an_error_code_not_a_hang(sanitized, request, fw_bundles, start_worker):
+    exe = request.getfixturevalue("asan_driver" if sanitized else "driver")
     w = start_worker(fw_bundles["cls"], hang_timeout_ms=500)
-    d = Interactive(driver, w.name, "still", 64, 64, 64, 64)
+    d = Interactive(exe, w.name, "still", 64, 64, 64, 64, env=driver_env(sanitized))
     try:
         assert d.cmd("small 2") == "OK 2"
         os.kill(w.worker_pid, signal.SIGKILL)
@@ -347,7 +351,7 @@ def test_standalone_worker_death_is_an_error_code_not_a_hang(driver, fw_bundles,
             assert d.cmd("wait 2000").split()[1] == "SLICERT_E_WORKER_DOWN"
         assert time.monotonic() - t0 < 10
     finally:
-        d.close()
+        assert d.close() == 0
 
 
 @pytest.mark.parametrize("sanitized", [False, True], ids=["plain", "asan-ubsan"])
