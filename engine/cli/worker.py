@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Serve a bundle to firmware over shared memory (isolated mode; C client in cpp/client)."""
+        if standby and not supervise:
+            raise typer.BadParameter("--standby needs --supervise (the supervisor keeps the standby)")
         from engine.worker import layout
         from engine.worker.main import WorkerOptions, run_standalone, run_supervised
 
