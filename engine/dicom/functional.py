@@ -42,7 +42,12 @@ def frame_infos(ds: Any, pm: PixelModule, info: Any, source: str, notes: list[st
     per_frame = raw(ds, PER_FRAME, source)
     n = pm.number_of_frames
     if per_frame is not None and len(per_frame) != n:
-        raise fail(source, PER_FRAME, f"has {len(per_frame)} items for NumberOfFrames {n} (PS3.3 C.7.6.16)")
+        if any(raw(item, macro, source) is not None for item in per_frame for macro in MACROS):
+            raise fail(source, PER_FRAME, f"has {len(per_frame)} items for NumberOfFrames {n} (PS3.3 C.7.6.16): "
+                                          f"its per-frame rescale/VOI/spacing cannot be matched to the frames")
+        notes.append(f"{PER_FRAME} has {len(per_frame)} items for NumberOfFrames {n}; none holds rescale, VOI "
+                     f"or spacing: ignored")
+        per_frame = None
     top = {"rescale": raw(ds, "RescaleSlope", source) is not None or raw(ds, "RescaleIntercept", source) is not None
            or raw(ds, "ModalityLUTSequence", source) is not None,
            "voi": raw(ds, "WindowCenter", source) is not None or raw(ds, "VOILUTSequence", source) is not None,

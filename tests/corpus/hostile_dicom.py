@@ -547,11 +547,17 @@ def _cases_enhanced(add: Callable) -> None:
     for name, per, shared, match in bad:
         add(f"enhanced/eCT_Supplemental/{name}", _write(enhanced_ct(per_frame=per, shared=shared)),
             "session.stream", "DicomError", match, f"Enhanced CT: {name.replace('-', ' ')} in a functional group")
-    ds = _read("eCT_Supplemental.dcm")
+    ds = enhanced_ct(per_frame=[{"PixelValueTransformationSequence": {"RescaleIntercept": "-1024",
+                                                                      "RescaleSlope": "1"}}] * 2)
     ds.PerFrameFunctionalGroupsSequence.append(copy.deepcopy(ds.PerFrameFunctionalGroupsSequence[0]))
     add("enhanced/eCT_Supplemental/per-frame-items-3-for-2-frames", _write(ds), "session.stream", "DicomError",
         r"PerFrameFunctionalGroupsSequence.*3 items for NumberOfFrames 2",
-        "Enhanced CT with 3 Per-frame Functional Groups items for 2 frames")
+        "Enhanced CT with 3 Per-frame Functional Groups items (each with a rescale) for 2 frames")
+    ds = _read("eCT_Supplemental.dcm")
+    ds.PerFrameFunctionalGroupsSequence.append(copy.deepcopy(ds.PerFrameFunctionalGroupsSequence[0]))
+    add("enhanced/eCT_Supplemental/per-frame-items-3-for-2-frames-no-macros", _write(ds), "session.stream",
+        ACCEPTED, "", "Enhanced CT with 3 Per-frame items for 2 frames, none with rescale/VOI/spacing: ignored",
+        same_as="dicom13/enhanced__eCT_Supplemental__classic-reference.dcm")
 
 
 def with_us_region(delta_x_cm: str, delta_y_cm: str, units: int = 3):

@@ -401,3 +401,16 @@ def test_masked_arrays_are_refused_not_unmasked(mask):
     x = materialize({"make": "array", "then": [["masked", mask]]})
     with pytest.raises(InputError, match="masked array"):
         preprocess(x, PreprocessSpec(out_height=8, out_width=8))
+
+
+def test_per_frame_items_that_do_not_match_the_frames():
+    from tests.corpus.hostile_dicom import enhanced_ct
+
+    # pydicom-data's one-frame cut of a 3-frame Segmentation keeps 3 per-frame items without rescale/VOI/spacing
+    s = dicom.read(data_file("liver_1frame.dcm"))
+    assert any("3 items for NumberOfFrames 1" in n and "ignored" in n for n in s.warnings)
+    ds = enhanced_ct(per_frame=[{"PixelValueTransformationSequence": {"RescaleIntercept": "0", "RescaleSlope": "1"}}])
+    ds.PerFrameFunctionalGroupsSequence.append(ds.PerFrameFunctionalGroupsSequence[0])
+    with pytest.raises(DicomError, match=r"PerFrameFunctionalGroupsSequence \(5200,9230\): has 3 items for "
+                                         r"NumberOfFrames 2"):
+        dicom.read(_bytes(ds))
