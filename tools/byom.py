@@ -414,7 +414,7 @@ def markdown(result: dict) -> str:
              f"Data: {d['root']} ({d['n_used']} images; test split {d['images']['test']} images"
              + (f" of {d['patients']['test']} patients, split by PatientID in {d['splits_file']}" if
                 d["patients"]["test"] is not None else f"; split rule: {d['splits_file']}") + "). Metrics on the test "
-             f"split only; the operating point of a binary classifier is chosen on val. Not clinically validated.",
+             "split only; the operating point of a binary classifier is chosen on val. Not clinically validated.",
              "", "| model | params | MFLOPs | CPU p50 ms | " + (" | ".join(f"Dice {o}" for o in labels[1:]) +
                                                              " | mean Dice |" if seg else "AUC (95% CI) | accuracy |"),
              "|---|---:|---:|---:|" + ("---:|" * (len(labels)) if seg else "---:|---:|")]

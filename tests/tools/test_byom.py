@@ -21,9 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 monai_nets = pytest.importorskip("monai.networks.nets", reason="monai is in the dev extra")
 
-from tools import byom, model_spec  # noqa: E402
-from tools.dataset import open_folder  # noqa: E402
-from tools.errors import (  # noqa: E402
+from tools import byom, model_spec
+from tools.dataset import open_folder
+from tools.errors import (
     EmptyClass,
     LabelsError,
     MaskMismatch,
@@ -456,7 +456,7 @@ def test_dicom_seg_masks_read_as_the_png_masks(small):
         assert np.array_equal(read_mask(found, r, 4), png[r.rel]), r.rel
     # A SEG object among the images is reported, not read as an image.
     (small / "dicom" / "stray-seg.dcm").write_bytes((segs / "seg0.dcm").read_bytes())
-    got, bad = scan(small / "dicom")
+    _, bad = scan(small / "dicom")
     assert [(u.rel, u.reason) for u in bad] == [("stray-seg.dcm", "SegmentationObject")]
 
 
