@@ -84,7 +84,7 @@ def bench_task(task: str, demo: Path, n: int, warmup: int, seed: int) -> list[di
                "ratio_vs_0": {k: statistics.median([a / b for a, b in zip(v, base)]) for k, v in times.items()},
                "flags_of_last_result": flags}
         rows.append(row)
-        print(f"{task} / {label}: " + ", ".join(f"{k.split(')')[0]})} {row['median_ms'][k]:.3f} ms "
+        print(f"{task} / {label}: " + ", ".join(f"{k.split(' ')[0]} {row['median_ms'][k]:.3f} ms "
                                              f"(x{row['ratio_vs_0'][k]:.3f})" for k in names), flush=True)
     plain.unlink(missing_ok=True)
     return rows

@@ -42,9 +42,8 @@ def _to_source(unit: np.ndarray, src_hw, spec) -> np.ndarray:
     np.rint(unit, out=unit)
     u8[...] = unit
     mapped = pp.source_mapping(u8.shape, (int(src_hw[0]), int(src_hw[1])), spec).to_source(u8)
-    out = mapped.astype(np.float32)
-    out *= np.float32(1.0 / 255.0)
-    return out
+    # One pass from the 8-bit source map to float32 (a 1955 x 1841 radiograph is 3.6 M pixels).
+    return np.multiply(mapped, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
 def class_activation_map(cam: np.ndarray, class_index: int, src_hw, spec) -> np.ndarray:
