@@ -101,7 +101,14 @@ def check_lengths(data: Any, size: int, source: str) -> None:
     """Refuse (DicomError) an element whose declared length runs past the bytes that exist. Only
     files with a File Meta group and a known transfer syntax are walked."""
     meta = file_meta_end(data, size)
-    if meta is None or meta[1] == DEFLATED:
+    if meta is None:
+        if size >= 8 and bytes(data[:2]) == b"\x08\x00":
+            # no preamble/File Meta (old ACR-NEMA style, little endian, group 0008 first): explicit VR when
+            # the VR field holds two capital letters, as pydicom decides for such files
+            vr = bytes(data[4:6])
+            check_dataset(data, 0, size, not (vr.isalpha() and vr.isupper()), True, source)
+        return
+    if meta[1] == DEFLATED:
         return
     encoding = _encoding(meta[1])
     if encoding is not None:

@@ -351,11 +351,26 @@ def _cases_declared_lengths(add: Callable) -> None:
              "the sequence's item declaring 4 GiB")):
         add(f"lengths/CT_small/{name}", patch(data), "session.run", "DicomError",
             r"ReferencedImageSequence.*declares \d+ bytes but only \d+ remain", f"CT_small: {why}")
+    raw = _with_private(parent_path("MR_small_implicit.dcm").read_bytes(), 0xFFFFFFF0)
+    body = raw[132 + 12 + struct.unpack_from("<I", raw, 140)[0]:]  # the data set alone, no preamble/File Meta
+    add("lengths/MR_small_implicit/no-file-meta-private-4GiB", body, "session.run", "DicomError",
+        r"\(0009,1001\).*declares \d+ bytes but only \d+ remain",
+        "a data set without preamble and File Meta (ACR-NEMA style) holding a private element declaring 4 GiB")
     jpg = parent_path("SC_rgb_jpeg_dcmtk.dcm").read_bytes()
     frag = jpg.index(b"\xfe\xff\x00\xe0", jpg.index(b"\xe0\x7f\x10\x00") + 20)  # first fragment item
     add("lengths/SC_rgb_jpeg_dcmtk/fragment-length-4GiB", jpg[:frag + 4] + struct.pack("<I", 0xFFFFFFF0) + jpg[frag + 8:],
         "session.run", "DicomError", r"PixelData.*(declares \d+ bytes but only|truncat)",
         "encapsulated Pixel Data whose first fragment declares 4 GiB")
+
+
+def _with_private(data: bytes, length: int) -> bytes:
+    """An implicit VR little endian file with private element (0009,1001) of `length` inserted before its
+    first element after group 0008."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data))
+    at = _offset_of(data, ds, next(e for e in ds if e.tag.group > 0x0008).tag)
+    return data[:at] + struct.pack("<HHI", 0x0009, 0x1001, length) + data[at:]
 
 
 def _offset_of(data: bytes, ds, tag) -> int:
