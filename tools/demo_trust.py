@@ -61,7 +61,7 @@ def summary(trust: dict[str, Any]) -> dict[str, Any]:
             "sets": {k: {"n": s["n"], "detection_rate": s["detection_rate"], "auroc": s["auroc"]}
                      for k, s in r["sets"].items()},
             "temperature": c["temperature"], "ece_test_before": c["ece_test_before"],
-            "ece_test_after": c["ece_test_after"], "ece_unit": c["unit"]}
+            "ece_test_after": c["ece_test_after"], "ece_unit": c["unit"], "shared_with": r.get("shared_with")}
     return out
 
 
@@ -79,6 +79,10 @@ def markdown(task_summary: dict[str, Any], real: dict[str, Any] | None) -> list[
              "| variant | false alarms val / test | OOD detection (pooled) | AUROC | T | ECE test before -> after |",
              "|---|---|---:|---:|---:|---|"]
     for v, r in s["variants"].items():
+        if r.get("shared_with"):
+            lines.append(f"| {v} | takes the {r['shared_with']} fit (same weights at half precision), not measured "
+                         f"on its own | | | | |")
+            continue
         lines.append(f"| {v} | {pct(r['false_alarm_val'])} / {pct(r['false_alarm_test'])} (n={r['n_test']}) | "
                      f"{pct(r['detection_pooled'])} | {num(r['auroc_pooled'])} | {r['temperature']:.3f} | "
                      f"{r['ece_test_before']:.4f} -> {r['ece_test_after']:.4f} ({r['ece_unit']}) |")

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.trust import ood as O
-from engine.trust.calibration import expected_calibration_error, fit_temperature, nll, softmax_t
+from engine.trust.calibration import T_MAX, T_MIN, expected_calibration_error, fit_temperature, nll, softmax_t
 
 FALSE_ALARM_TARGET = 0.05
 SHRINKAGE = 0.1  # covariance shrinkage toward a scaled identity (features outnumber what a few hundred slices pin)
@@ -70,6 +70,8 @@ class FitData:
     ood: dict[str, np.ndarray] = field(default_factory=dict)
     real_rows: list[dict] = field(default_factory=list)  # one record per input of ood["real DICOM"]
     description: dict[str, Any] = field(default_factory=dict)
+    max_train: int = 512  # train slices per model pass (evenly spaced)
+    share_fp16: bool = False  # FP16 takes FP32's fit instead of its own (the demo's --fast budget)
 
 
 def _sha(path: Path) -> str:
@@ -183,10 +185,18 @@ def _scores(model: O.OODModel, signals: dict[str, np.ndarray], n: int) -> tuple[
     return out, which
 
 
+MAX_PIXELS = 40000  # segmenter calibration pixels (seeded subsample of the 1-in-16 grid)
+
+
 def _seg_temperature(sub_logits: np.ndarray, grid_targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel logits (P, K) and labels (P,) on the 1-in-16 grid the uncertainty statistic uses."""
+    """Pixel logits (P, K) and labels (P,) on the 1-in-16 grid the uncertainty statistic uses, for the
+    slices that have targets (the first len(grid_targets)), at most MAX_PIXELS of them."""
+    n = len(grid_targets)
     y = grid_targets[:, ::4, ::4].reshape(-1)
-    lg = sub_logits.transpose(0, 2, 3, 1).reshape(-1, sub_logits.shape[1])
+    lg = sub_logits[:n].transpose(0, 2, 3, 1).reshape(-1, sub_logits.shape[1])
+    if len(y) > MAX_PIXELS:
+        pick = np.random.default_rng(0).choice(len(y), MAX_PIXELS, replace=False)
+        y, lg = y[pick], lg[pick]
     return lg.astype(np.float64), y
 
 
@@ -204,7 +214,7 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
             verify_unchanged(onnx_bytes, extended)
     runner = _Runner(extended or onnx_bytes, threads)
     maha = None
-    pick = np.linspace(0, len(data.train) - 1, min(len(data.train), MAX_TRAIN)).astype(int)
+    pick = np.linspace(0, len(data.train) - 1, min(len(data.train), data.max_train)).astype(int)
     train = _model_pass(runner, data.train[pick], task, out_name, None)
     if task == "classification" and extended is not None:
         maha = fit_mahalanobis(train["features"], data.train_y[pick], len(data.labels))
@@ -281,7 +291,10 @@ def fit_variant(onnx_bytes: bytes, data: FitData, out_name: str, *, threads: int
         "ece_val_after": expected_calibration_error(softmax_t(lv, t), yv),
         "ece_test_before": expected_calibration_error(softmax_t(lt), yt),
         "ece_test_after": expected_calibration_error(softmax_t(lt, t), yt),
-        "nll_test_before": nll(lt, yt), "nll_test_after": nll(lt, yt, t), "n_val": len(yv), "n_test": len(yt)}
+        "nll_test_before": nll(lt, yt), "nll_test_after": nll(lt, yt, t), "n_val": len(yv), "n_test": len(yt),
+        # T at the end of the searched range: the logits carry little more than the class frequencies (a
+        # model near chance is flattened towards them), or are far too timid.
+        "at_search_bound": bool(t >= 0.99 * T_MAX or t <= 1.01 * T_MIN)}
     return {"model": model, "temperature": t, "report": report, "extended": extended}
 
 
@@ -302,15 +315,22 @@ def fit_trust(source_dir: str | Path, data: FitData, *, intended: dict | None, t
                                                                   "test": data.test, **data.ood}.items()}
     variants, report, fitted = {}, {}, {}
     outputs: dict[str, str] = {}
-    for v in src.onnx:
+    # FP32 first: with share_fp16, FP16 (the same weights rounded to half precision) takes its fit.
+    for v in sorted(src.onnx, key=lambda v: v != "fp32"):
         path = src.onnx_cpu.get(v, src.onnx[v])
+        fitted[v] = {"onnx": _sha(src.onnx[v]), **({"onnx_cpu": _sha(src.onnx_cpu[v])} if v in src.onnx_cpu else {})}
+        if v == "fp16" and data.share_fp16 and "fp32" in variants:
+            variants[v] = dict(variants["fp32"])
+            report[v] = {**report["fp32"], "shared_with": "fp32",
+                         "note": "FP16 takes the FP32 fit (same weights at half precision; --fast budget); its "
+                                 "own false alarms and detection were not measured"}
+            continue
         if progress:
             progress(f"trust: fitting {v} ({path.name})")
         r = fit_variant(path.read_bytes(), data, out_name, threads=threads, input_signals=input_signals, clip=clip,
                         calibrate=src.meta.get("postprocess") in (None, "softmax", "argmax"))
         variants[v] = {"temperature": r["temperature"], "ood": r["model"].to_dict()}
         report[v] = r["report"]
-        fitted[v] = {"onnx": _sha(src.onnx[v]), **({"onnx_cpu": _sha(src.onnx_cpu[v])} if v in src.onnx_cpu else {})}
         if r["extended"] is not None:
             from engine.trust.graph import CAM, FEATURES
 
@@ -342,14 +362,20 @@ def data_for(dataset_name: str, *, fast: bool, seed: int = 0, cache_dir=None,
 
     other_tasks = not fast if other_tasks is None else other_tasks
     ds = load_dataset(dataset_name, fast=fast, seed=seed, cache_dir=cache_dir)
-    val = np.concatenate([ds.inputs("val"), ds.inputs("calib")])
-    val_y = np.concatenate([ds.targets("val"), ds.targets("calib")])
+    # --fast: 96 calib slices; segmenters' per-pixel targets (temperature only) for at most 48 slices.
+    calib = ds.inputs("calib")[:96] if fast else ds.inputs("calib")
+    val = np.concatenate([ds.inputs("val"), calib])
+    if ds.task == "classification":
+        val_y = np.concatenate([ds.targets("val"), ds.targets("calib")[:len(calib)]])
+    else:
+        n_cal = max(0, (48 if fast else 96) - len(ds.splits["val"].images))
+        val_y = np.concatenate([ds.targets("val"), _targets_of(ds, "calib", n_cal)])
     ood: dict[str, np.ndarray] = {}
     real_x, rows = trust_sets.real_dicom(ds.spec, ds.voi_policy,
                                          names=trust_sets.REAL_FILES_FAST if fast else trust_sets.REAL_FILES)
     if len(real_x):
         ood["real DICOM"] = real_x
-    ood.update(trust_sets.synthetic(ds.splits["test"].images, ds.spec, n=32 if fast else 48, seed=seed))
+    ood.update(trust_sets.synthetic(ds.splits["test"].images, ds.spec, n=24 if fast else 48, seed=seed))
     if other_tasks:
         others = {}
         for name in DATASETS:
@@ -367,13 +393,26 @@ def data_for(dataset_name: str, *, fast: bool, seed: int = 0, cache_dir=None,
         real_rows=[r for r in rows if "file" in r],
         description={"dataset": dataset_name, "honest_label": ds.card.get("honest_label"),
                      "fit": f"Mahalanobis means/covariance: train split (n={len(ds.splits['train'].images)}, "
-                            f"at most {MAX_TRAIN}); input statistics normalized on train + validation",
-                     "threshold": f"validation set = val + calib splits (n={len(val)}), held out from training; "
+                            f"at most {MAX_TRAIN}); statistics normalized on train + validation (Mahalanobis: "
+                            f"validation only)",
+                     "threshold": f"validation set = val + calib splits (n={len(val)}{', 96 calib' if fast else ''}), "
+                                  f"held out from training; "
                                   f"false-alarm target {FALSE_ALARM_TARGET:.0%}",
-                     "temperature": f"validation set (n={len(val)})",
+                     "temperature": f"validation set ({len(val_y)} slices"
+                                    + (")" if ds.task == "classification" else
+                                       f", at most {MAX_PIXELS} pixels of the 1-in-16 grid)"),
                      "measured": f"false alarms on the test split (n={len(ds.splits['test'].images)}); detection on "
                                  f"the OOD sets {n}",
-                     "synthetic_in_distribution": dataset_name != "ct_organs"})
+                     "synthetic_in_distribution": dataset_name != "ct_organs"},
+        max_train=(MAX_TRAIN if ds.task == "classification" else 64) if fast else MAX_TRAIN, share_fp16=fast)
+
+
+def _targets_of(ds, split: str, n: int) -> np.ndarray:
+    """Model-grid masks of the first n slices of a split (the resampling of all 256 calib slices at 512^2
+    is most of a CT fit's time otherwise)."""
+    from tools.data.inputs import masks_to_grid
+
+    return masks_to_grid(ds.splits[split].targets[:n], ds.spec, len(ds.labels))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     data = data_for(a.dataset, fast=a.fast)
     trust = fit_trust(a.source, data, intended=INTENDED.get(a.dataset), threads=a.threads, progress=print)
     for v, r in trust["report"]["variants"].items():
+        if r.get("shared_with"):
+            print(f"{v}: {r['note']}")
+            continue
         pooled = r.get("pooled") or {}
         c = r["calibration"]
         print(f"{v}: threshold {r['threshold']:.3g}, false alarms test {r['false_alarm_test']:.1%}, OOD detection "

@@ -46,7 +46,8 @@ def render_trust(console: Any, manifest: dict[str, Any], fmt_cell) -> None:
         pooled = r.get("pooled") or {}
         sets = "; ".join(f"{name} (n={s.get('n')}): {_pct(s.get('detection_rate'))}, {_num(s.get('auroc'))}"
                          for name, s in (r.get("sets") or {}).items())
-        t.add_row(v, fmt_cell(", ".join(s.get("name", "?") for s in ood.get("statistics") or [])),
+        shared = f" ({r['shared_with']} fit)" if r.get("shared_with") else ""
+        t.add_row(fmt_cell(v + shared), fmt_cell(", ".join(s.get("name", "?") for s in ood.get("statistics") or [])),
                   _num(ood.get("threshold"), ".4g"),
                   f"{_pct(r.get('false_alarm_val'))} / {_pct(r.get('false_alarm_test'))}",
                   _pct(pooled.get("detection_rate")), _num(pooled.get("auroc")), fmt_cell(sets or "-"))
