@@ -13,8 +13,8 @@ Each is run by OpenVINO itself on the held-out test split, scored like the other
 against the FP32 student's outputs), and gated with gate.check. When full INT8 loses more than the budget
 on the VALIDATION split, the most sensitive layers of the quantizer's ranking (also from the validation
 split) stay FP32 one more at a time (NNCF ignored scope), as the mixed-precision search does for the other
-forms; the test split only gates the result. Measured on the quantizer test fixture's classifier: full
-NNCF INT8 lost 0.016 AUC, the 1-channel stem convolution (K = 9) accounts for most of it. A form that fails is not written and is
+forms; the test split only gates the result. (Measured on an earlier quantizer-test classifier: full
+NNCF INT8 lost 0.016 AUC, most of it in the 1-channel stem convolution, K = 9.) A form that fails is not written and is
 never bundled, so `best` cannot pick it; ONNX Runtime/TensorRT forms are unaffected either way.
 Report keys: variants.int8_ov, variants.bf16_ov (contract 6; engine/bundle/sources.py reads them).
 """
@@ -34,6 +34,8 @@ import numpy as np
 
 FILES = {"int8_ov": ("model.int8.openvino.xml", "model.int8.openvino.bin")}
 EVAL_BATCH = 32
+CALIB_BATCH = 32
+MAX_FP32_LAYERS = 3  # each try is one NNCF run; the search stops here (the quantizer's cap may be larger)
 
 
 @dataclass
@@ -77,13 +79,15 @@ def read_fp32(model_path: Path):
 
 def nncf_int8(model, calib_x: np.ndarray, fp32_layers: list[str] = ()):
     """NNCF post-training INT8 (default preset: symmetric weights and activations, per-channel weights,
-    fast bias correction) over every calibration slice, one slice per NNCF sample. `fp32_layers`: ONNX
-    node names left unquantized (OpenVINO names its nodes after them, e.g. "<name>/WithoutBiases")."""
+    fast bias correction) over every calibration slice, fed in batches of CALIB_BATCH slices (measured 7x
+    faster than one slice per NNCF sample: 5 s vs 35 s for 256 slices of 32x32 on the 2-core machine; the
+    min/max statistics see the same slices). `fp32_layers`: ONNX node names left unquantized (OpenVINO
+    names its nodes after them, e.g. "<name>/WithoutBiases")."""
     import re
 
     import nncf
 
-    items = [calib_x[i:i + 1] for i in range(len(calib_x))]
+    items = [calib_x[i:i + CALIB_BATCH] for i in range(0, len(calib_x), CALIB_BATCH)]
     kw = {}
     if fp32_layers:
         kw["ignored_scope"] = nncf.IgnoredScope(patterns=[re.escape(n) + "(/.*)?$" for n in fp32_layers],
@@ -128,7 +132,7 @@ def build(src_path: Path, ds, *, evaluate, gate, results_fp32: dict[str, Any], c
         if val_ok is not None and ranking:
             ok = val_ok(run_batched(compile_cpu(q), ds.val.x))
             tried.append({"fp32_layers": [], "val_within_budget": ok})
-            for k in range(1, max_fp32_layers + 1):
+            for k in range(1, min(max_fp32_layers, MAX_FP32_LAYERS) + 1):
                 if ok:
                     break
                 kept = list(ranking[:k])
