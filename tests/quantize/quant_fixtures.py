@@ -159,9 +159,13 @@ def _train(model, x: np.ndarray, y: np.ndarray, steps: int, seed: int, seg: bool
     import torch
 
     torch.manual_seed(seed)
+    # Trained in float64 and exported in float32: float32 training rounds differently with the CPU's
+    # SIMD width (AVX2 vs AVX-512), and 250 Adam steps amplify that into a different model on each
+    # machine; in float64 the differences stay far below what quantization or the tests can see.
+    model = model.double()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = np.random.default_rng(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y)
     model.train()
     for _ in range(steps):
         idx = torch.from_numpy(gen.integers(0, len(x), size=32))
@@ -171,7 +175,7 @@ def _train(model, x: np.ndarray, y: np.ndarray, steps: int, seed: int, seg: bool
         loss.backward()
         opt.step()
     model.eval()
-    return model
+    return model.float()
 
 
 def export_fixture(out_dir: Path, task: str, *, steps: int | None = None, seed: int = 7, n_train: int = 512
