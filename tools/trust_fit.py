@@ -189,7 +189,7 @@ MAX_PIXELS = 40000  # segmenter calibration pixels (seeded subsample of the 1-in
 
 
 def _seg_temperature(sub_logits: np.ndarray, grid_targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel logits (P, K) and labels (P,) on the 1-in-16 grid the uncertainty statistic uses, for the
+    """Pixel logits (P, K) and labels (P,) on a 1-in-16 grid (every 4th row and column), for the
     slices that have targets (the first len(grid_targets)), at most MAX_PIXELS of them."""
     n = len(grid_targets)
     y = grid_targets[:, ::4, ::4].reshape(-1)

@@ -105,7 +105,7 @@ def test_mean_uncertainty_matches_a_full_softmax(rng):
 
     logits = rng.standard_normal((3, 40, 36)).astype(np.float32) * 3
     e = np.exp(logits - logits.max(axis=0))
-    p = (e / e.sum(axis=0)).max(axis=0)[::4, ::4]
+    p = (e / e.sum(axis=0)).max(axis=0)[::8, ::8]
     assert mean_uncertainty(logits) == pytest.approx(1 - p.mean(), rel=1e-5)
 
 
