@@ -149,3 +149,45 @@ def test_calibration_methods_give_different_valid_ranges(exports, splits, tmp_pa
         assert lo <= plo <= phi <= hi
         narrower += (phi - plo) < 0.999 * (hi - lo)
     assert narrower >= len(r_max) // 2
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_excluded_conv_stays_float_under_ort(exports, splits, tmp_path, task):
+    """Deterministic (no timing): force every single convolution of the fixture model in turn into the
+    FP32 set and check what ONNX Runtime really runs. Before the fix, an excluded convolution read the
+    shared per-tensor DequantizeLinear, ORT's WeightBiasQuantization gave it INT8 weights and the QDQ fusion
+    made it a QLinearConv anyway (9 of 9 on the classifier). Both forms: an excluded layer must run with
+    its FP32 weights; the ORT form's other convolutions must all stay integer kernels."""
+    import onnxruntime as ort
+
+    from engine.spec import PreprocessSpec
+    from tools.quantize import calibrate
+    from tools.quantize.data import preprocess_slices
+
+    from . import quant_fixtures as qf
+
+    prepped = int8.prepare_fp32(onnx.load(str(exports[task] / "model.onnx")), tmp_path / "prep.onnx")
+    x = preprocess_slices(splits[task]["calib"][0][:64], PreprocessSpec.from_dict(qf.SPEC))
+    cache, _ = calibrate.calibrate(tmp_path / "prep.onnx", x, "max", tmp_path)
+    fp32_weights = {n.name: n.input[1] for n in prepped.graph.node if n.op_type == "Conv"}
+    assert len(fp32_weights) >= 9
+    for layer in fp32_weights:
+        for form, kw in (("ort", {"cpu_exclude": [layer]}), ("ort", {"exclude": [layer]}),
+                         ("tensorrt", {"exclude": [layer]})):
+            m = int8.quantize(tmp_path / "prep.onnx", cache, "max", tmp_path / "q.onnx", form=form, **kw)
+            assert int8.qdq_problems(m, form, [layer]) == [], (layer, form)
+            assert layer not in int8.quantized_layers(m)
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            opt = onnx.load(str(tmp_path / "opt.onnx"))
+            float_inits = {i.name for i in opt.graph.initializer if i.data_type == TensorProto.FLOAT}
+            ops = Counter(n.op_type for n in opt.graph.node)
+            # Convolutions ORT runs with float weights (NCHWc reorders them into a new float initializer).
+            float_convs = [n for n in opt.graph.node if n.op_type in ("Conv", "FusedConv")
+                           and n.input[1] in float_inits]
+            assert len(float_convs) == 1, (layer, form, kw, ops)
+            if form == "ort":
+                assert ops["QLinearConv"] == len(fp32_weights) - 1, (layer, kw, ops)
+                assert ops["Conv"] + ops["FusedConv"] == 1, (layer, kw, ops)

@@ -93,7 +93,8 @@ def quantize(prepped_path: str | Path, cache_path: str | Path, method: str, out_
     model = onnx.load(str(out_path))
     if form == "tensorrt":
         _drop_qdq_on_fusable_add_inputs(model)
-        onnx.save(model, str(out_path))
+    _float_layers_read_float(model)
+    onnx.save(model, str(out_path))
     return model
 
 
@@ -107,6 +108,64 @@ def _consumers(model) -> dict[str, list[onnx.NodeProto]]:
         for i in n.input:
             out.setdefault(i, []).append(n)
     return out
+
+
+def _float_layers_read_float(model) -> None:
+    """Keep every weighted layer left in FP32 (excluded, CPU-slow, or outside `only`) really float under
+    ONNX Runtime. ORT's quantizer shares one DequantizeLinear among all consumers of a quantized tensor,
+    so such a layer reads a per-tensor DQ; ORT's WeightBiasQuantization transformer (basic level, on by
+    default) then gives any Conv/ConvTranspose/Gemm with a per-tensor DQ input per-tensor INT8 weights,
+    and the QDQ fusion turns DQ -> Conv -> (Relu) -> Q into a QLinearConv: the "FP32" layer ran in INT8
+    (fixture classifier: excluding any of the 8 convolutions after the stem still gave 9 of 9 QLinearConv).
+    Reading the float tensor before the Q instead would break the PRODUCER's fusion (its output then has
+    a float consumer besides the Q). So the float layer gets its own DequantizeLinear with the same scale
+    repeated per channel (per-axis, numerically identical): neither that transformer nor the integer
+    kernels take a per-channel activation, and the producer keeps its single Q."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    prod = _producers(model)
+    for node in list(model.graph.node):
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        w_dq = prod.get(node.input[1])
+        dq = prod.get(node.input[0])
+        if (w_dq is not None and w_dq.op_type == "DequantizeLinear") or dq is None or dq.op_type != "DequantizeLinear":
+            continue  # an INT8 layer, or one that reads a float tensor already
+        w = inits.get(node.input[1])
+        if w is None or len(dq.input) < 3 or dq.input[1] not in inits or dq.input[2] not in inits:
+            continue  # qdq_problems reports what is left
+        scale, zp = numpy_helper.to_array(inits[dq.input[1]]), numpy_helper.to_array(inits[dq.input[2]])
+        if scale.size != 1:
+            continue  # already per-axis
+        q = prod.get(dq.input[0])
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            channels, axis = w.dims[1] * group, 1
+        elif node.op_type == "ConvTranspose":
+            channels, axis = w.dims[0], 1
+        elif node.op_type == "Gemm":
+            channels, axis = (w.dims[1] if next((a.i for a in node.attribute if a.name == "transB"), 0)
+                              else w.dims[0]), -1
+        else:  # MatMul
+            channels, axis = w.dims[0], -1
+        if channels == 1:  # a 1-element per-axis scale counts as per-tensor: read the float tensor itself
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[0] = q.input[0]
+            continue
+        base = f"{node.name}_float_input"
+        s_init = numpy_helper.from_array(np.full(channels, scale.reshape(()), scale.dtype), f"{base}_scale")
+        z_init = numpy_helper.from_array(np.full(channels, zp.reshape(()), zp.dtype), f"{base}_zero_point")
+        model.graph.initializer.extend([s_init, z_init])
+        own = helper.make_node("DequantizeLinear", [dq.input[0], s_init.name, z_init.name], [f"{base}_dq"],
+                               name=f"{base}_DequantizeLinear", axis=axis)
+        model.graph.node.insert(list(model.graph.node).index(node), own)
+        node.input[0] = own.output[0]
+    cons = _consumers(model)
+    outputs = {o.name for o in model.graph.output}
+    for n in [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in prod
+              and n.output[0] not in outputs and not cons.get(n.output[0])]:
+        model.graph.node.remove(n)  # the shared per-tensor DQ, when the float layer was its only reader
 
 
 def _drop_qdq_on_fusable_add_inputs(model) -> None:
@@ -158,6 +217,10 @@ def qdq_problems(model: onnx.ModelProto, form: str, excluded: tuple[str, ...] | 
         if node.name in excluded:
             if (dq_w is not None and dq_w.op_type == "DequantizeLinear"):
                 problems.append(f"{node.name}: excluded layer still has INT8 weights")
+            x_scale = const(dq_x.input[1]) if dq_x is not None and dq_x.op_type == "DequantizeLinear" else None
+            if x_scale is not None and x_scale.size == 1:
+                # ONNX Runtime would quantize its weights itself (WeightBiasQuantization) and fuse it.
+                problems.append(f"{node.name}: excluded layer reads a per-tensor DequantizeLinear activation")
             continue
         if dq_x is None or dq_x.op_type != "DequantizeLinear":
             problems.append(f"{node.name}: activation input is not DequantizeLinear")
