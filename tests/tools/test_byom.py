@@ -71,7 +71,9 @@ def seg_run(ct_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("byom") / "seg"
     result = byom.distill(teacher, spec, root / "dicom", masks=root / "masks", student="tiny:depth=3", out=out,
                           epochs=12, threads=1, latency_rounds=10)
-    rep, qstatus = byom.quantize(out)
+    # cpu_speed_check=False: which layers the CPU form keeps in FP32 is a timing on this (shared, loaded)
+    # machine; the test's figures must not depend on it.
+    rep, qstatus = byom.quantize(out, cpu_speed_check=False)
     bundle, bstatus = byom.build(out, target="cpu")
     return {"root": root, "spec": spec, "folder": folder, "teacher": teacher, "trec": trec, "out": out,
             "result": result, "qrep": rep, "qstatus": qstatus, "bundle": bundle, "bstatus": bstatus}
@@ -168,7 +170,7 @@ def test_quantized_on_the_users_splits(seg_run):
     again_ds = dataset_for_export(meta, chw=(1, 32, 32), calib_n=256)
     assert again_ds.test.sha256 == rep["data"]["test"]["sha256"] and again_ds.calib.sha256 == rep["data"]["calib"]["sha256"]
     # Cached: same model, same data, same settings.
-    again, status = byom.quantize(seg_run["out"])
+    again, status = byom.quantize(seg_run["out"], cpu_speed_check=False)
     assert status == "cached" and again["variants"].keys() == rep["variants"].keys()
 
 
