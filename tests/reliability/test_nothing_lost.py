@@ -205,7 +205,11 @@ def test_quantize_interrupted_keeps_outputs_consistent(work, tmp_path, monkeypat
     from tools.quantize.data import load_npz_splits
 
     out = tmp_path / "q"
-    pipeline.quantize_export(work["export"], out, dataset=load_npz_splits(work["data"]), cpu_speed_check=False)
+    # accept_loss: the tiny model has random weights and the splits random labels (AUC ~0.5 on 48 images), so
+    # the gate's verdict on them is noise (on an AVX2 CPU without VNNI, ORT's INT8 AUC moved by 0.013); this
+    # test is about which files an interrupted re-run leaves, not about accuracy.
+    pipeline.quantize_export(work["export"], out, dataset=load_npz_splits(work["data"]), cpu_speed_check=False,
+                             accept_loss=True)
     # fail on the 3rd file: fp16 (same either way) and int8 (recalibrated: different) are then written
     monkeypatch.setattr(report_mod, "write_atomic", _fail_on_call(3, report_mod.write_atomic))
     with pytest.raises(Interrupted):
@@ -213,7 +217,7 @@ def test_quantize_interrupted_keeps_outputs_consistent(work, tmp_path, monkeypat
                                  percentile=99.0, force=True, cpu_speed_check=False, accept_loss=True)
     report = json.loads((out / "accuracy_report.json").read_text())
     mismatched = [name for name, entry in report["variants"].items() if entry.get("sha256") and
-                  sha(out / pipeline.FILES[name]) != entry["sha256"]]
+                  sha(out / entry["file"]) != entry["sha256"]]
     assert not mismatched, (f"after an interrupted `quantize --force`, {mismatched} on disk are not the models "
                             f"accuracy_report.json gated (old report, new models)")
     assert leftovers(out) == []
