@@ -66,10 +66,14 @@ def test_accept_loss_ships_and_records(exports, splits, tmp_path):
 def test_tight_budget_triggers_mixed_precision(exports, splits, tmp_path):
     out = tmp_path / "q"
     # cpu_speed_check=False: the CPU form's layer set then does not depend on this machine's timing.
-    rep = quantize_export(exports["segmentation"], out, dataset=splits["segmentation"], budget_dice=0.0001,
+    # A budget below the full INT8 loss that a prefix of the ranking can reach in BOTH forms. For the fixture
+    # segmenter (trained in float64, so the same model on every CPU) the TensorRT form's validation drop
+    # stays at 0.00055-0.0011 Dice for every prefix up to the cap, so the old 1e-4 (set for the previous
+    # float32-trained model) was reachable by no prefix.
+    rep = quantize_export(exports["segmentation"], out, dataset=splits["segmentation"], budget_dice=0.0006,
                           accept_loss=True, cpu_speed_check=False)
     assert rep["cpu_form"]["fp32_for_speed"] == {}
-    assert max(rep["variants"]["int8"]["gate"]["loss"], rep["variants"]["int8_ort"]["gate"]["loss"]) > 0.0001
+    assert max(rep["variants"]["int8"]["gate"]["loss"], rep["variants"]["int8_ort"]["gate"]["loss"]) > 0.0006
     excluded = rep["excluded_layers"]
     ranking = [s["layer"] for s in rep["sensitivity"]]
     assert excluded and excluded == ranking[:len(excluded)]  # most sensitive first, smallest prefix

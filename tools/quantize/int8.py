@@ -133,12 +133,17 @@ def _float_layers_read_float(model) -> None:
         if (w_dq is not None and w_dq.op_type == "DequantizeLinear") or dq is None or dq.op_type != "DequantizeLinear":
             continue  # an INT8 layer, or one that reads a float tensor already
         w = inits.get(node.input[1])
+        q = prod.get(dq.input[0])
         if w is None or len(dq.input) < 3 or dq.input[1] not in inits or dq.input[2] not in inits:
+            # No stored weight shape or scale to build a per-axis DQ from (weights from a Constant node,
+            # a scale computed in the graph): read the float tensor before the Q. Correct, at the price of
+            # the producer's fusion; a layer the user or the speed probe kept in FP32 must never run INT8.
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[0] = q.input[0]
             continue  # qdq_problems reports what is left
         scale, zp = numpy_helper.to_array(inits[dq.input[1]]), numpy_helper.to_array(inits[dq.input[2]])
         if scale.size != 1:
             continue  # already per-axis
-        q = prod.get(dq.input[0])
         if node.op_type == "Conv":
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             channels, axis = w.dims[1] * group, 1
