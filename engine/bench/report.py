@@ -192,7 +192,13 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     """Print a per-stage latency table per configuration, a summary table and the comparisons."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from engine.cli.safe_text import safe
+
+    def shown(name: str) -> str:  # a configuration name may come from a bundle: no control bytes, no markup
+        return escape(safe(name))
 
     if console is None:
         console = Console()
@@ -202,7 +208,7 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     for c in run.configurations:
         stats = c.stats()
         lat = Table(
-            title=f"{c.name}: latency per call (ms), n={n}, warm-up {warmup} excluded, {schedule}",
+            title=f"{shown(c.name)}: latency per call (ms), n={n}, warm-up {warmup} excluded, {schedule}",
             box=box.SIMPLE_HEAD,
             title_justify="left",
             pad_edge=False,
@@ -246,7 +252,7 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     for c in run.configurations:
         tp = c.stats()[TOTAL]["throughput_per_s"]
         summary.add_row(
-            c.name,
+            shown(c.name),
             f"{tp:.1f}" if tp else "-",
             fmt_ms(c.cold_start_ms),
             fmt_ms(c.load_ms),
@@ -267,7 +273,7 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
         for col in ("configuration", "reference", "p50 ratio", "paired median [95% CI]"):
             cmp_t.add_column(col, justify="left" if col in ("configuration", "reference") else "right")
         for e in comps:
-            cmp_t.add_row(e["name"], e["reference"], f"{e['speedup_p50']:.2f}x", _paired_txt(e))
+            cmp_t.add_row(shown(e["name"]), shown(e["reference"]), f"{e['speedup_p50']:.2f}x", _paired_txt(e))
         console.print(cmp_t)
     console.print(
         f"[dim]{run.settings.get('gc')}; CPU affinity {run.settings.get('cpu_affinity') or 'not pinned'}; "
