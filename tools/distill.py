@@ -51,3 +51,9 @@ def distill_model(arch: str, teacher: nn.Module, data: TaskTensors, cfg: TrainCo
                  progress=progress)
     record["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
     return student, record
+
+
+if __name__ == "__main__":  # `python -m tools.distill`: the CLI is imported only when run as a script, so the
+    from tools.cli import run_step  # step module never imports the CLI that imports it (no import circle)
+
+    run_step("distill")

@@ -216,3 +216,9 @@ def build_export(model, *, name: str, task: str, labels: tuple[str, ...], spec, 
 def load_sidecar(export_dir: str | Path) -> dict:
     with open(Path(export_dir) / "model.json", encoding="utf-8") as f:
         return json.load(f)
+
+
+if __name__ == "__main__":  # `python -m tools.export`: the CLI is imported only when run as a script, so the
+    from tools.cli import run_step  # step module never imports the CLI that imports it (no import circle)
+
+    run_step("export")

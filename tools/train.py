@@ -210,3 +210,9 @@ def train_model(arch: str, data: TaskTensors, cfg: TrainConfig, *, progress: Pro
     record = fit(model, data, cfg, supervised_loss(data.task, data.num_classes, cfg.dice_weight, weights),
                  progress=progress)
     return model, record
+
+
+if __name__ == "__main__":  # `python -m tools.train`: the CLI is imported only when run as a script, so the
+    from tools.cli import run_step  # step module never imports the CLI that imports it (no import circle)
+
+    run_step("train")
