@@ -478,7 +478,7 @@ void preprocess_cuda_into(const py::object& out, const py::object& x, const std:
 }
 
 void argmax_mask_cuda_into(const py::object& out, const py::object& logits, const std::vector<long long>& shape,
-                           const std::string& dtype, const Stream& stream) {
+                           const std::string& dtype, const Stream& stream, const py::object& nonfinite) {
   if (shape.size() != 3 || shape[0] < 1 || shape[0] > 256 || shape[1] < 1 || shape[2] < 1)
     throw InputError("argmax_mask_cuda_into: shape must be (K, H, W) with 1 <= K <= 256 and H, W >= 1");
   if (dtype != "float32" && dtype != "float16")
@@ -493,10 +493,13 @@ void argmax_mask_cuda_into(const py::object& out, const py::object& logits, cons
     throw InputError("argmax_mask_cuda_into: the (H, W) uint8 mask exceeds the device buffer");
   if (reinterpret_cast<uintptr_t>(src.ptr) % (half ? 2 : 4) != 0)
     throw InputError("argmax_mask_cuda_into: logits pointer is not aligned to its elements");
+  uint8_t* flag = nullptr;  // optional: one device byte, 1 after the kernel when a logit is NaN/Inf
+  if (!nonfinite.is_none()) flag = reinterpret_cast<uint8_t*>(device_ptr(nonfinite, "argmax_mask_cuda_into nonfinite").ptr);
+  cudaStream_t s = stream.get();
   py::gil_scoped_release nogil;
   DeviceScope scope(stream.device());
   launch_argmax_mask(src.ptr, half, static_cast<int>(shape[0]), shape[1], shape[2],
-                     reinterpret_cast<uint8_t*>(dst.ptr), stream.get());
+                     reinterpret_cast<uint8_t*>(dst.ptr), flag, s);
 }
 
 void set_device(int device) {
@@ -617,8 +620,9 @@ void bind_cuda_resources(py::module_& m) {
         "Fused preprocessing on the GPU: device input (shape, byte strides, dtype name) -> slot batch_index of a "
         "device output, enqueued on `stream`.");
   m.def("argmax_mask_cuda_into", &argmax_mask_cuda_into, py::arg("out"), py::arg("logits"), py::arg("shape"),
-        py::arg("dtype"), py::arg("stream"),
-        "Class mask (uint8 H x W) of device logits (K, H, W), enqueued on `stream`.");
+        py::arg("dtype"), py::arg("stream"), py::arg("nonfinite") = py::none(),
+        "Class mask (uint8 H x W) of device logits (K, H, W), enqueued on `stream`; `nonfinite` (optional device "
+        "pointer to one byte) is set to 0, then to 1 when any logit is NaN/Inf, in the same pass.");
   m.def("cuda_prepare", [](const PreparedSpec& ps, int device) {
     require_device(device);
     device_tables(ps, device, false);

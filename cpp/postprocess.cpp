@@ -82,6 +82,16 @@ bool argmax_planes(const T* logits, int K, int64_t H, int64_t W, uint8_t* out) {
   return finite;
 }
 
+// The CUDA kernel's loop (one pm::argmax_class_checked per pixel), run on the host in one thread: the
+// reference the device path is tested against where no GPU exists. Returns false when a logit is NaN/Inf.
+template <typename T>
+bool argmax_per_pixel(const T* logits, int K, int64_t H, int64_t W, uint8_t* out) {
+  const int64_t plane = H * W;
+  bool nonfinite = false;
+  for (int64_t i = 0; i < plane; ++i) out[i] = pm::argmax_class_checked(logits + i, K, plane, &nonfinite);
+  return !nonfinite;
+}
+
 const uint8_t* u8_mask(const py::array& mask, const char* what) {
   if (!mask.dtype().equal(py::dtype::of<uint8_t>())) throw InputError(std::string(what) + ": mask must be uint8");
   if (mask.ndim() != 2 || mask.shape(0) < 1 || mask.shape(1) < 1)
@@ -231,30 +241,45 @@ void to_source_into(const SourceMap& s, py::array& out, const py::array& mask) {
   s.to_source(dst, mbase, msy, msx);
 }
 
+// Checks (K, H, W) float32/float16 logits and the uint8 (H, W) output, then runs `run` without the GIL.
+template <typename Run>
+bool argmax_dispatch(py::array& out, const py::array& logits, Run run) {
+  if (logits.ndim() != 3) throw InputError("argmax_mask: logits must be (K, H, W)");
+  if (!(logits.flags() & py::array::c_style)) throw InputError("argmax_mask: logits must be C-contiguous");
+  const int64_t K = logits.shape(0), H = logits.shape(1), W = logits.shape(2);
+  if (K < 1 || K > 256) throw InputError("argmax_mask: the number of classes must be in [1, 256], got " + std::to_string(K));
+  if (H < 1 || W < 1) throw InputError("argmax_mask: logits are empty");
+  require_out_u8(out, H, W, "argmax_mask");
+  uint8_t* dst = static_cast<uint8_t*>(out.mutable_data());
+  if (logits.dtype().equal(py::dtype::of<float>())) {
+    const float* src = static_cast<const float*>(logits.data());
+    py::gil_scoped_release nogil;
+    return run(src, static_cast<int>(K), H, W, dst);
+  }
+  if (logits.dtype().equal(py::dtype("float16"))) {
+    const uint16_t* src = static_cast<const uint16_t*>(logits.data());
+    py::gil_scoped_release nogil;
+    return run(src, static_cast<int>(K), H, W, dst);
+  }
+  throw InputError("argmax_mask: logits must be float32 or float16");
+}
+
 }  // namespace
 
 void bind_postprocess(py::module_& m) {
   m.def("argmax_mask_into", [](py::array out, const py::array& logits) {
-    if (logits.ndim() != 3) throw InputError("argmax_mask: logits must be (K, H, W)");
-    if (!(logits.flags() & py::array::c_style)) throw InputError("argmax_mask: logits must be C-contiguous");
-    const int64_t K = logits.shape(0), H = logits.shape(1), W = logits.shape(2);
-    if (K < 1 || K > 256) throw InputError("argmax_mask: the number of classes must be in [1, 256], got " + std::to_string(K));
-    if (H < 1 || W < 1) throw InputError("argmax_mask: logits are empty");
-    require_out_u8(out, H, W, "argmax_mask");
-    uint8_t* dst = static_cast<uint8_t*>(out.mutable_data());
-    if (logits.dtype().equal(py::dtype::of<float>())) {
-      const float* src = static_cast<const float*>(logits.data());
-      py::gil_scoped_release nogil;
-      return argmax_planes(src, static_cast<int>(K), H, W, dst);
-    }
-    if (logits.dtype().equal(py::dtype("float16"))) {
-      const uint16_t* src = static_cast<const uint16_t*>(logits.data());
-      py::gil_scoped_release nogil;
-      return argmax_planes(src, static_cast<int>(K), H, W, dst);
-    }
-    throw InputError("argmax_mask: logits must be float32 or float16");
+    return argmax_dispatch(out, logits, [](const auto* src, int K, int64_t H, int64_t W, uint8_t* dst) {
+      return argmax_planes(src, K, H, W, dst);
+    });
   }, py::arg("out"), py::arg("logits"),
      "Class index per pixel of (K, H, W) logits into a uint8 (H, W) mask; returns False when a logit is NaN/Inf.");
+  m.def("argmax_mask_per_pixel_into", [](py::array out, const py::array& logits) {
+    return argmax_dispatch(out, logits, [](const auto* src, int K, int64_t H, int64_t W, uint8_t* dst) {
+      return argmax_per_pixel(src, K, H, W, dst);
+    });
+  }, py::arg("out"), py::arg("logits"),
+     "argmax_mask_into computed by the CUDA kernel's per-pixel loop (pm::argmax_class_checked) on the host, one "
+     "thread: the CPU reference of the device argmax and its NaN/Inf flag.");
 
   py::class_<SourceMap, std::shared_ptr<SourceMap>>(
       m, "SourceMap", "Nearest-neighbour map from a model-geometry mask to the source image (one geometry).")

@@ -49,22 +49,35 @@ SLICERT_HD uint32_t exponent_bits(uint16_t half_bits) {
   return (half_bits & 0x7c00u) == 0x7c00u ? 0x7f800000u : 0u;  // binary16 Inf/NaN, as float's
 }
 
-// Class of one pixel from K logit planes (plane stride `plane` elements). K == 1 is a binary
-// (sigmoid) head: foreground where the logit is > 0, i.e. sigmoid > 0.5. Ties go to the lower class,
-// as numpy.argmax does; a NaN logit never wins.
+// Class of one pixel from K logit planes (plane stride `plane` elements), and whether any of its K
+// logits is NaN or +-Inf (`*nonfinite` set to true then; never cleared). K == 1 is a binary (sigmoid)
+// head: foreground where the logit is > 0, i.e. sigmoid > 0.5. Ties go to the lower class, as
+// numpy.argmax does; a NaN logit never wins. This is the CUDA kernel's per-pixel rule; the CPU path
+// applies the same argmax_takes / exponent_bits block by block so its loops vectorize.
 template <typename T>
-SLICERT_HD uint8_t argmax_class(const T* logits, int K, int64_t plane) {
-  if (K == 1) return logit_value(logits[0]) > 0.0f ? 1 : 0;
+SLICERT_HD uint8_t argmax_class_checked(const T* logits, int K, int64_t plane, bool* nonfinite) {
+  uint32_t exp_max = exponent_bits(logits[0]);
   int best = 0;
   float best_v = logit_value(logits[0]);
   for (int k = 1; k < K; ++k) {
-    const float v = logit_value(logits[k * plane]);
+    const T raw = logits[k * plane];
+    const float v = logit_value(raw);
+    const uint32_t e = exponent_bits(raw);
+    exp_max = e > exp_max ? e : exp_max;
     if (argmax_takes(v, best_v)) {
       best_v = v;
       best = k;
     }
   }
+  if (exp_max == 0x7f800000u) *nonfinite = true;
+  if (K == 1) return best_v > 0.0f ? 1 : 0;
   return static_cast<uint8_t>(best);
+}
+
+template <typename T>
+SLICERT_HD uint8_t argmax_class(const T* logits, int K, int64_t plane) {
+  bool ignored = false;
+  return argmax_class_checked(logits, K, plane, &ignored);
 }
 
 // Source pixel index (row or column, relative to the ROI) -> mask index along one axis: nearest

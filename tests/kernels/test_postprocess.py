@@ -1,6 +1,8 @@
 """Post-processing vs NumPy / OpenCV references: probabilities, class masks, source geometry, areas."""
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -263,3 +265,30 @@ def test_class_scores_into_matches_float64_reference(rng, k, kind):
         before = scores.copy()
         assert class_scores_into(scores, poisoned, kind) == -1
         np.testing.assert_array_equal(scores, before)  # untouched on refusal
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("K", [1, 2, 5, 256])
+def test_device_argmax_rule_matches_the_cpu_path(rng, dtype, K):
+    """The CUDA kernel's per-pixel loop (pm::argmax_class_checked), run on the host by the compiled
+    module, gives the CPU path's mask and NaN/Inf verdict: ties, NaN never winning, the K == 1 sigmoid
+    head, float16 Inf/NaN bit patterns. The GPU test of the same kernel is
+    test_preprocess_cuda.py::test_cuda_argmax_flags_non_finite_logits."""
+    from engine import _native
+
+    logits = rng.standard_normal((K, 23, 31)).astype(dtype)
+    logits[:, 0, :7] = 0.25  # ties -> the lowest class
+    logits[:, 1, :3] = 0.0  # K == 1: exactly 0 is background
+    cases = [logits]
+    for bad, (k, y, x) in itertools.product((np.nan, np.inf, -np.inf), ((K - 1, 22, 30), (0, 0, 0), (K // 2, 5, 9))):
+        poisoned = logits.copy()
+        poisoned[k, y, x] = bad
+        cases.append(poisoned)
+    for c in cases:
+        want, got = np.full((23, 31), 77, np.uint8), np.full((23, 31), 77, np.uint8)
+        finite = argmax_mask_into(want, c)
+        assert _native.argmax_mask_per_pixel_into(got, c) is finite
+        assert finite is bool(np.isfinite(c).all())
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InputError):
+        _native.argmax_mask_per_pixel_into(np.zeros((23, 30), np.uint8), logits)

@@ -214,6 +214,45 @@ def test_cuda_argmax_matches_cpu(rng, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_argmax_flags_non_finite_logits(rng, dtype):
+    """The flag byte the TensorRT backend reads instead of the logits: cleared, then set by the kernel when
+    any logit is NaN/Inf; the mask is the CPU path's (CPU reference: test_postprocess.py::
+    test_device_argmax_rule_matches_the_cpu_path). Also replayed from a CUDA graph, as the backend does."""
+    from engine.postprocess import argmax_mask_into
+
+    stream = _native.Stream()
+    logits = rng.standard_normal((3, 70, 90)).astype(dtype)
+    dev_logits = _native.DeviceBuffer(logits.nbytes)
+    row = _native.DeviceBuffer(70 * 90 + 1)  # mask bytes, then the flag byte: the backend's layout
+    got = np.empty(70 * 90 + 1, np.uint8)
+    for bad in (None, np.nan, np.inf, -np.inf, None):
+        x = logits.copy()
+        if bad is not None:
+            x[2, 69, 89] = bad
+        row.memset(7, stream)  # a stale flag value must not survive
+        dev_logits.copy_from_host(x, stream)
+        _native.argmax_mask_cuda_into(row, dev_logits, x.shape, np.dtype(dtype).name, stream, row.ptr + 70 * 90)
+        row.copy_to_host(got, stream)
+        stream.synchronize()
+        want = np.empty((70, 90), np.uint8)
+        finite = argmax_mask_into(want, x)
+        assert got[-1] == (0 if finite else 1) and finite is (bad is None)
+        np.testing.assert_array_equal(got[:-1].reshape(70, 90), want)
+    graph = _native.CudaGraph()
+    graph.begin_capture(stream)
+    _native.argmax_mask_cuda_into(row, dev_logits, logits.shape, np.dtype(dtype).name, stream, row.ptr + 70 * 90)
+    graph.end_capture(stream)
+    x = logits.copy()
+    x[0, 0, 0] = np.nan
+    dev_logits.copy_from_host(x, stream)
+    graph.launch(stream)
+    row.copy_to_host(got, stream)
+    stream.synchronize()
+    assert got[-1] == 1
+
+
+@pytest.mark.gpu
 def test_cuda_float16_saturates_instead_of_inf():
     # The CPU path refuses these (InputError); the device path cannot without a sync, so it saturates.
     x = np.array([[1.0, 70000.0, -1e30, 3.0]], dtype=np.float32)
