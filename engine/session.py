@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends import backend_class, backend_names, require_backend
+from engine.backends.base import MASK_OUTPUT, NONFINITE_OUTPUT
 from engine.bundle import format as fmt
 from engine.bundle.reader import Bundle, open_bundle
 from engine.errors import AccuracyGateError, BackendUnavailable, EngineMismatch, InputError, SessionClosed
@@ -42,6 +43,7 @@ MODEL_SPEC_FIELDS = ("out_height", "out_width", "out_channels", "layout", "out_d
                      "quant_zero_point", "resize", "letterbox", "pad_value", "normalize", "mean", "std", "equalize",
                      "output_min", "output_max")
 _DLPACK_CUDA_DEVICES = {2, 3, 13}  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+_LIVE_INFO = ("cuda_graphs", "cuda_graphs_off")  # backend.info keys that change after load
 
 
 class Result:
@@ -245,6 +247,11 @@ class Session:
         self._backend = backend
         self._trust = TrustGuard(bundle, variant, backend, eligibility=eligibility, ood=ood)
         self._temperature = self._trust.temperature
+        # Segmenters: take the class mask the backend computes next to the logits (TensorRT: on the GPU, so
+        # H x W bytes cross PCIe instead of K x H x W floats) unless trust annotations read the logits;
+        # saliency=True also reads them, decided per call.
+        self._device_mask = (self.task == "segmentation" and bool(getattr(backend, "offers_mask", False))
+                             and not self._trust.reads_logits(saliency=False))
         # Idle buffer sets. A Condition, not queue.SimpleQueue: CPython 3.11's SimpleQueue.get(timeout)
         # can block forever when another thread takes the item between its wake-up and its re-check
         # (the recomputed timeout goes negative = infinite); a close() must always wake waiters.
@@ -256,7 +263,7 @@ class Session:
         self._closed = False
         self._spec_cache: dict[Any, PreprocessSpec] = {}
         self._info_cache: dict[tuple[int, str], tuple[Any, PreprocessSpec]] = {}
-        self.info: dict[str, Any] = {
+        self._info: dict[str, Any] = {
             "backend": backend.name, "precision": variant, "variant": variant, "device": backend.info.get("device",
                                                                                                           "cpu"),
             "why": why, "bundle": str(bundle.path), "model": bundle.manifest["model"]["name"], "task": self.task,
@@ -265,7 +272,7 @@ class Session:
             "signature": bundle.signature.to_dict() if bundle.signature is not None else None,
             "trust": self._trust.info(),
         }
-        self.info.update({k: v for k, v in backend.info.items() if k not in self.info})
+        self._info.update({k: v for k, v in backend.info.items() if k not in self._info})
         if self.task == "segmentation":
             from engine import postprocess  # noqa: F401  (fail at load, not at the first slice)
         from engine.dicomout.identity import ModelIdentity  # stdlib only; highdicom is never imported here
@@ -273,6 +280,17 @@ class Session:
         self.identity = ModelIdentity.of_session(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def info(self) -> dict[str, Any]:
+        """What was loaded and why (backend, variant, device, trust, ...). Keys the backend can change while
+        running (TensorRT: "cuda_graphs", and "cuda_graphs_off" saying why after a failed capture) are read
+        from the backend on every access, so they are never a stale snapshot from load time."""
+        info, live = self._info, self._backend.info
+        for key in _LIVE_INFO:
+            if key in live:
+                info[key] = live[key]
+        return info
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -461,10 +479,21 @@ class Session:
         return InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
                           f"spec (window/rescale) matches the data, or load with precision='fp32'")
 
+    def _postprocess_device_mask(self, small: np.ndarray, nonfinite, r: Result, src_hw, spec: PreprocessSpec,
+                                 spacing) -> None:
+        """Segmentation from the backend's mask output (MASK_OUTPUT row, NONFINITE_OUTPUT flag)."""
+        r.identity = self.identity
+        if nonfinite:
+            raise self._non_finite_error()
+        self._mask_to_result(small, r, src_hw, spec, spacing)
+
+    def _infer(self, backend, n: int, saliency: bool) -> tuple[dict[str, np.ndarray], bool]:
+        """(outputs, True when they are the backend's mask output instead of the model's logits)."""
+        if self._device_mask and not saliency:
+            return backend.infer(n, mask=True), True
+        return backend.infer(n), False
+
     def _postprocess_mask(self, raw: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
-        # Hot path of every cine frame: the source-geometry map is built once per (mask size, source size,
-        # spec) and cached (engine.postprocess.source_mapping); class counts come from the small model
-        # mask weighted by source rows x columns per mask pixel, exact and O(model pixels).
         from engine import postprocess as pp
 
         scratch = r._scratch if r._scratch is not None else {}
@@ -478,6 +507,14 @@ class Session:
             pp.argmax_mask(raw, out=small)
         if not finite:
             raise self._non_finite_error()
+        self._mask_to_result(small, r, src_hw, spec, spacing)
+
+    def _mask_to_result(self, small: np.ndarray, r: Result, src_hw, spec: PreprocessSpec, spacing) -> None:
+        # Hot path of every cine frame: the source-geometry map is built once per (mask size, source size,
+        # spec) and cached (engine.postprocess.source_mapping); class counts come from the small model
+        # mask weighted by source rows x columns per mask pixel, exact and O(model pixels).
+        from engine import postprocess as pp
+
         hw = (int(src_hw[0]), int(src_hw[1]))
         if r.mask is None:
             r.mask = np.empty(hw, np.uint8)
@@ -528,14 +565,18 @@ class Session:
             src_hw = pixels.shape[-3:-1] if spec_used.in_channels == 3 else pixels.shape[-2:]
             if src_hw[0] < self.min_side or src_hw[1] < self.min_side:
                 raise self._too_small(src_hw)
-            outs = backend.infer(1)
+            outs, masked = self._infer(backend, 1, saliency)
             t3 = _perf_ns()
             stage_ms = backend.stage_ms  # read before release: another thread may reuse this buffer set
             r = result if result is not None else Result(self.task, self.labels)
-            self._postprocess(outs[self._out_name][0], r, src_hw, spec_used, spacing)
+            raw = None if masked else outs[self._out_name][0]
+            if masked:
+                self._postprocess_device_mask(outs[MASK_OUTPUT][0], outs[NONFINITE_OUTPUT][0], r, src_hw, spec_used,
+                                              spacing)
+            else:
+                self._postprocess(raw, r, src_hw, spec_used, spacing)
             if self._trust.enabled or saliency:
-                self._trust.annotate(r, backend, outs, 0, outs[self._out_name][0], reasons, src_hw, spec_used,
-                                     saliency)
+                self._trust.annotate(r, backend, outs, 0, raw, reasons, src_hw, spec_used, saliency)
             t4 = _perf_ns()
         finally:
             self._release(backend)
@@ -574,16 +615,20 @@ class Session:
                     if hw[0] < self.min_side or hw[1] < self.min_side:
                         raise self._too_small(hw)
                 t2 = _perf_ns()
-                outs = backend.infer(len(chunk))
+                outs, masked = self._infer(backend, len(chunk), saliency)
                 t3 = _perf_ns()
                 batch = []
                 for i, (pixels, s, _f, sp, decode_ns, fi, _h) in enumerate(resolved):
                     r = Result(self.task, self.labels)
                     src_hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
-                    self._postprocess(outs[self._out_name][i], r, src_hw, s, sp)
+                    raw = None if masked else outs[self._out_name][i]
+                    if masked:
+                        self._postprocess_device_mask(outs[MASK_OUTPUT][i], outs[NONFINITE_OUTPUT][i], r, src_hw, s,
+                                                      sp)
+                    else:
+                        self._postprocess(raw, r, src_hw, s, sp)
                     if self._trust.enabled or saliency:
-                        self._trust.annotate(r, backend, outs, i, outs[self._out_name][i], reasons[i], src_hw, s,
-                                             saliency)
+                        self._trust.annotate(r, backend, outs, i, raw, reasons[i], src_hw, s, saliency)
                     r.frame_index, r.batch_size = fi, len(chunk)
                     batch.append(r)
                 t4 = _perf_ns()

@@ -7,6 +7,8 @@ Public methods check state and arguments, then call the `*_impl` method a backen
                           the CPU backend runs the fused native kernel into the bound input array, the
                           TensorRT backend copies raw pixels into pinned memory for the CUDA kernel)
     infer(n)              run the first n slots; returns {output name: array view of n rows}
+    infer(n, mask=True)   segmenters, where `offers_mask`: the class mask and a NaN/Inf flag per slice
+                          instead of the logits (computed on the device: H x W bytes cross PCIe, not K x H x W)
     deactivate()          free everything; the backend can be activated again
 
 Backends are classes registered in `engine.backends` in priority order, CPU last. A class answers
@@ -24,6 +26,11 @@ from engine.errors import BundleError, InputError, SessionClosed
 from engine.spec import PreprocessSpec
 
 STAGES = ("decode", "preprocess", "h2d", "infer", "d2h", "postprocess", "total")
+# Keys of `infer(n, mask=True)`'s result: the class mask of the manifest's segmentation output, computed
+# where the logits are (uint8 (n, H, W), the rule of engine.postprocess.argmax_mask), and per slice
+# whether any of its logits was NaN/Inf (uint8 (n,), non-zero = refuse the slice).
+MASK_OUTPUT = "slicert:mask"
+NONFINITE_OUTPUT = "slicert:nonfinite"
 
 
 class Backend(abc.ABC):
@@ -47,6 +54,9 @@ class Backend(abc.ABC):
         self.options = dict(options or {})
         self.info: dict[str, Any] = {}  # what was loaded and why; merged into Session.info
         self.stage_ms: dict[str, float] = {}  # device-side stage timings of the last infer (ms)
+        # True (set at activation) when infer(n, mask=True) can return the class mask computed next to the
+        # logits, so only H x W bytes per slice reach the host instead of K x H x W logits (TensorRT).
+        self.offers_mask = False
         self._active = False
 
     # -- class-level queries (no heavy imports) -----------------------------------------------
@@ -94,13 +104,19 @@ class Backend(abc.ABC):
             raise InputError(f"batch index {index} out of range for max_batch={self.max_batch}")
         self.stage_impl(x, spec, index, frame)
 
-    def infer(self, batch_size: int = 1) -> dict[str, np.ndarray]:
-        """Run slots [0, batch_size); returns output arrays owned by the backend (valid until next infer)."""
+    def infer(self, batch_size: int = 1, *, mask: bool = False) -> dict[str, np.ndarray]:
+        """Run slots [0, batch_size); returns output arrays owned by the backend (valid until next infer).
+        mask=True (only where `offers_mask`): {MASK_OUTPUT, NONFINITE_OUTPUT} instead of the model outputs."""
         if not self._active:
             raise SessionClosed(f"{self.name} backend is not active (session closed?); load the bundle again")
         if not 1 <= batch_size <= self.max_batch:
             raise InputError(f"batch size {batch_size} out of range [1, max_batch={self.max_batch}]; "
                              f"load with a larger max_batch")
+        if mask:
+            if not self.offers_mask:
+                raise InputError(f"the {self.name} backend has no mask output for this model; call infer(n) and "
+                                 f"take the argmax of the logits on the host (engine.postprocess.argmax_mask)")
+            return self.infer_mask_impl(batch_size)
         return self.infer_impl(batch_size)
 
     def infer_tensors(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,6 +154,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def infer_tensors_impl(self, feed: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]: ...
+
+    def infer_mask_impl(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Only backends that set `offers_mask` override this."""
+        raise NotImplementedError(f"{self.name} backend offers no mask output")
 
     @abc.abstractmethod
     def input_meta(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

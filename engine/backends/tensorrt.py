@@ -4,9 +4,12 @@ a test checks every `trt.*` attribute used here exists there, and in the lean ru
 Per slice, with every buffer allocated once at activation:
   raw stored pixels (uint16 etc., not float) -> pinned host staging -> H2D -> the native CUDA
   preprocessing kernel writes the engine's input tensor -> execute_async_v3 -> D2H of the outputs
-  into pinned host memory. Post-processing (softmax / argmax / mask back to source) runs on the host:
-  segmenter logits cross PCIe whole (see docs/gpu-path-status.md, D12, for why the device argmax
-  `_native.argmax_mask_cuda_into` is not wired in yet).
+  into pinned host memory. Post-processing (softmax / mask back to source) runs on the host.
+Segmenters (`offers_mask`): `infer(n, mask=True)` runs the native device argmax
+(`_native.argmax_mask_cuda_into`) on each slice's logits after the engine, into a device uint8 row of
+H x W mask bytes followed by one NaN/Inf flag byte set by the same kernel, and copies back only those
+n x (H x W + 1) bytes instead of n x K x H x W logits. The session asks for it unless its trust
+annotations (the mean-uncertainty OOD statistic, saliency) read the logits.
 The sequence for one (batch size, source size, dtype, spec) is run eagerly once, then captured as a
 CUDA graph and replayed: one launch per slice. A capture that fails (an engine with operations CUDA
 graphs do not allow, a failed instantiation) ends the capture and switches graphs off for this
@@ -15,9 +18,11 @@ backend instance: every later call runs eagerly (as trtexec does).
 Execution contexts: one per batch size in use, each with its input shape set once at creation and one
 eager enqueue at that shape before anything is captured. TensorRT: "when you change the input shapes
 you have to re-capture the graph ... the best practice is to use one execution context per captured
-graph". All contexts of one backend share its stream and I/O buffers (they run one at a time). Each
-context allocates its own activation memory (TensorRT's default STATIC strategy): sharing it through
-USER_MANAGED contexts waits for a GPU to verify the create_execution_context overload on.
+graph". All contexts of one backend share its stream and I/O buffers (they run one at a time), and
+one activation (scratch) buffer: the contexts are created from an IRuntimeConfig with the USER_MANAGED
+allocation strategy and each gets `set_device_memory` of the same buffer, sized once at the engine's
+`device_memory_size_v2` (grown, graphs dropped, if a context's `update_device_memory_size_for_shapes`
+asks for more). A TensorRT without `create_runtime_config` falls back to STATIC memory per context.
 
 Device: the session's CUDA device is made current (`_native.set_device`) before every TensorRT object
 is created and before every call that enqueues work, in whichever thread makes it (TensorRT binds
@@ -33,6 +38,7 @@ gives a concurrent caller its own (TensorRT contexts must not be shared across t
 Everything device-side goes through `engine.device.current()` (the seam: the TensorRT module and the
 native CUDA resources); tests put a host-memory emulation there, production the real GPU.
 Native API used (engine._native, cpp/cuda_resources.cpp): set_device(n), device_synchronize(n),
+argmax_mask_cuda_into(out, logits, shape, dtype, stream, nonfinite),
 pointer_device(ptr), Stream(device) {.handle, .synchronize(), .wait(event)}, DeviceBuffer(nbytes, device)
 {.ptr, .copy_from_host(array, stream), .copy_to_host(array, stream), .memset}, PinnedBuffer(nbytes) {.ptr,
 .array(dtype, shape)}, Event(timing, device) {.record(stream), .record_on(handle), .elapsed_ms(start)},
@@ -50,7 +56,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.backends.base import Backend, check_model_io
+from engine.backends.base import MASK_OUTPUT, NONFINITE_OUTPUT, Backend, check_model_io
 from engine.device import current
 from engine.errors import (
     BackendUnavailable,
@@ -63,7 +69,7 @@ from engine.errors import (
 )
 
 NATIVE_CONTRACT = ("Stream", "DeviceBuffer", "PinnedBuffer", "Event", "CudaGraph", "preprocess_cuda_into",
-                   "cuda_prepare", "set_device", "device_synchronize", "pointer_device")
+                   "cuda_prepare", "set_device", "device_synchronize", "pointer_device", "argmax_mask_cuda_into")
 _DTYPE_NAMES = {np.dtype(t): np.dtype(t).name for t in (np.uint8, np.uint16, np.int16, np.int32, np.float32)}
 _MAX_GRAPHS = 64  # per backend instance, all batch sizes together: e.g. a series of ever-changing sizes
 _MAX_SEEN = 256
@@ -326,7 +332,15 @@ class TensorRTBackend(Backend):
         self._d_input.memset(0, self._stream)  # the warm-up runs on defined (zero) input
         self._d_outputs, self._h_outputs, self._out_arrays = {}, {}, {}
         self._contexts: dict[int, _Context] = {}
-        self._graphs_on = bool(self.options.get("cuda_graph", True))
+        # A fork made after a capture failed does not try again (the info dict is shared with the forks).
+        self._graphs_on = bool(self.options.get("cuda_graph", True)) and self.info.get("cuda_graphs", True)
+        self._runtime_config = self._user_managed_config(trt)
+        self._activation = None  # the one scratch buffer every context of this instance uses (USER_MANAGED)
+        if self._runtime_config is not None:
+            self._activation = _native.DeviceBuffer(max(int(engine.device_memory_size_v2), 256), self.device)
+        self.info["activation_memory"] = ("one buffer per buffer set, shared by its contexts (USER_MANAGED)"
+                                          if self._activation is not None else
+                                          "per context (STATIC: this TensorRT has no IRuntimeConfig)")
         self._tensor_staging = None
         self._raw: list[tuple[Any, Any, int]] = []  # per batch slot: (PinnedBuffer, DeviceBuffer, capacity)
         self._slots: list[tuple | None] = [None] * self.max_batch
@@ -336,7 +350,42 @@ class TensorRTBackend(Backend):
         check_model_io(self.bundle, self.variant, {n: shape for n, (shape, _) in self._inputs.items()},
                        {n: a.shape for n, a in self._out_arrays.items()})
         self._views = {n: {k: a[:n] for k, a in self._out_arrays.items()} for n in range(1, self.max_batch + 1)}
+        self._allocate_masks()
         self._context_for(1)
+
+    def _user_managed_config(self, trt):
+        """An IRuntimeConfig with USER_MANAGED activation memory, or None (STATIC per context) when this
+        TensorRT has no runtime configs."""
+        if not hasattr(self._engine, "create_runtime_config") or \
+                not hasattr(trt, "ExecutionContextAllocationStrategy"):
+            return None
+        runtime_config = self._engine.create_runtime_config()
+        if runtime_config is None:
+            raise CudaError("TensorRT could not create a runtime configuration", device=self.device)
+        runtime_config.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        return runtime_config
+
+    def _allocate_masks(self) -> None:
+        """Device and pinned rows of H x W mask bytes + 1 NaN/Inf flag byte per slot, for segmenters whose
+        output is (N, K, H, W) float32/float16 logits with K <= 256 (what the argmax kernel takes)."""
+        _native = current().native
+        self.offers_mask = False
+        self._mask_views = {}
+        out = self._out_arrays.get(self.bundle.manifest["output"]["name"])
+        if self.bundle.task != "segmentation" or out is None or out.ndim != 4 or \
+                out.dtype not in (np.float32, np.float16) or not 1 <= out.shape[1] <= 256:
+            return
+        k, h, w = (int(v) for v in out.shape[1:])
+        row = h * w + 1
+        self._mask_geometry = (k, h, w, row, k * h * w * out.dtype.itemsize, out.dtype.name)
+        self._d_masks = _native.DeviceBuffer(self.max_batch * row, self.device)
+        self._h_masks_buf = _native.PinnedBuffer(self.max_batch * row)
+        rows = self._h_masks_buf.array(np.uint8, [self.max_batch, row])
+        self._h_masks = rows
+        # Views without copies: the mask of slot i is rows[i, :h*w] as (h, w), its flag rows[i, h*w].
+        self._mask_views = {n: {MASK_OUTPUT: rows[:n, :h * w].reshape(n, h, w), NONFINITE_OUTPUT: rows[:n, h * w]}
+                            for n in range(1, self.max_batch + 1)}
+        self.offers_mask = True
 
     def _context_for(self, n: int) -> _Context:
         ctx = self._contexts.get(n)
@@ -344,7 +393,10 @@ class TensorRTBackend(Backend):
             return ctx
         _native = current().native
         trt = _import_trt()
-        context = self._engine.create_execution_context()
+        if self._runtime_config is not None:
+            context = self._engine.create_execution_context(self._runtime_config)
+        else:
+            context = self._engine.create_execution_context()
         if context is None:
             raise CudaError("TensorRT could not create an execution context (out of device memory?)",
                             device=self.device)
@@ -352,6 +404,8 @@ class TensorRTBackend(Backend):
         if not context.set_input_shape(self._in_name, shape):
             raise EngineMismatch(f"the engine does not accept batch {n} (its optimization profile is smaller); "
                                  f"rebuild with --max-batch {self.max_batch}")
+        if self._activation is not None:
+            self._share_activation(context)
         self._set_address(context, self._in_name, self._d_input.ptr)
         for name in self._output_names:
             out_shape = tuple(context.get_tensor_shape(name))
@@ -373,6 +427,21 @@ class TensorRTBackend(Backend):
         ctx = self._contexts[n] = _Context(context=context, batch=n)
         return ctx
 
+    def _share_activation(self, context) -> None:
+        """Give a USER_MANAGED context the shared scratch buffer (before its first enqueue). The contexts
+        of one instance run one at a time on one stream, so one buffer serves them all; forks have their own."""
+        _native = current().native
+        need = int(context.update_device_memory_size_for_shapes())
+        if need > self._activation.nbytes:
+            # Grows once (the engine's size should already cover every shape): captured graphs hold the old
+            # address, and every existing context is moved to the new buffer before anything runs again.
+            self._stream.synchronize()
+            self._drop_graphs()
+            self._activation = _native.DeviceBuffer(need, self.device)
+            for ctx in self._contexts.values():
+                ctx.context.set_device_memory(self._activation.ptr, self._activation.nbytes)
+        context.set_device_memory(self._activation.ptr, self._activation.nbytes)
+
     def _set_address(self, context, name: str, ptr: int) -> None:
         if not context.set_tensor_address(name, ptr):
             raise CudaError(f"TensorRT refused the device address of tensor {name!r}", device=self.device)
@@ -384,6 +453,10 @@ class TensorRTBackend(Backend):
         self._contexts = {}
         self._d_input = None
         self._d_outputs, self._h_outputs, self._out_arrays, self._views = {}, {}, {}, {}
+        self._mask_views, self._d_masks, self._h_masks, self._h_masks_buf = {}, None, None, None
+        self.offers_mask = False
+        self._activation = None  # after the contexts that use it
+        self._runtime_config = None
         self._raw = []
         self._slots = [None] * self.max_batch
         self._tensor_staging = None
@@ -509,7 +582,7 @@ class TensorRTBackend(Backend):
             return
         _native.device_synchronize(self.device)
 
-    def _enqueue(self, ctx: _Context, n: int, *, capturing: bool) -> None:
+    def _enqueue(self, ctx: _Context, n: int, *, capturing: bool, mask: bool = False) -> None:
         _native = current().native
         # Per-stage events only when launching eagerly: inside a stream capture cudaEventRecord only
         # expresses dependencies and records nothing at replay, so its timings would be stale.
@@ -533,14 +606,25 @@ class TensorRTBackend(Backend):
         if not ctx.context.execute_async_v3(stream.handle):
             raise CudaError("TensorRT execute_async_v3 failed" + (" while capturing a CUDA graph" if capturing else ""),
                             device=self.device)
+        if mask:
+            # Device argmax per slice into its row (H x W mask bytes, then the NaN/Inf flag byte the same
+            # kernel sets); only those rows cross PCIe. Counted under "infer", with the engine.
+            k, h, w, row, slice_bytes, dtype = self._mask_geometry
+            logits, rows = self._d_outputs[self.bundle.manifest["output"]["name"]].ptr, self._d_masks.ptr
+            for i in range(n):
+                _native.argmax_mask_cuda_into(rows + i * row, logits + i * slice_bytes, [k, h, w], dtype, stream,
+                                              rows + i * row + h * w)
         if timed:
             ev[3].record(stream)
-        for name in self._output_names:
-            self._d_outputs[name].copy_to_host(self._out_arrays[name][:n], stream)
+        if mask:
+            self._d_masks.copy_to_host(self._h_masks[:n], stream)
+        else:
+            for name in self._output_names:
+                self._d_outputs[name].copy_to_host(self._out_arrays[name][:n], stream)
         if timed:
             ev[4].record(stream)
 
-    def _capture(self, ctx: _Context, n: int, key: tuple):
+    def _capture(self, ctx: _Context, n: int, key: tuple, mask: bool):
         """Capture the batch as a CUDA graph; None (graphs now off for this instance) when capture fails."""
         _native = current().native
         slots = self._slots[:n]
@@ -552,7 +636,7 @@ class TensorRTBackend(Backend):
         try:
             graph.begin_capture(self._stream)
             try:
-                self._enqueue(ctx, n, capturing=True)
+                self._enqueue(ctx, n, capturing=True, mask=mask)
             except BaseException:
                 graph.abort_capture(self._stream)  # ends the capture; its own error would hide this one
                 raise
@@ -576,6 +660,13 @@ class TensorRTBackend(Backend):
         return graph
 
     def infer_impl(self, batch_size: int) -> dict[str, np.ndarray]:
+        return self._infer(batch_size, mask=False)
+
+    def infer_mask_impl(self, batch_size: int) -> dict[str, np.ndarray]:
+        """{MASK_OUTPUT: uint8 (n, H, W), NONFINITE_OUTPUT: uint8 (n,)}, argmax and flag computed on the device."""
+        return self._infer(batch_size, mask=True)
+
+    def _infer(self, batch_size: int, mask: bool) -> dict[str, np.ndarray]:
         n = batch_size
         if any(s is None for s in self._slots[:n]):
             raise InputError("infer() before stage() filled every batch slot")
@@ -586,14 +677,14 @@ class TensorRTBackend(Backend):
         # A graph bakes in every address and launch parameter: key on all of them. Caller-owned device
         # arrays change address per call, so those batches run eagerly.
         use_graph = self._graphs_on and all(s[0] == "host" for s in slots)
-        key = tuple((s[0], s[3], s[4], s[5], s[6], s[7], id(s[8])) for s in slots) if use_graph else None
+        key = (mask, *((s[0], s[3], s[4], s[5], s[6], s[7], id(s[8])) for s in slots)) if use_graph else None
         graph = None
         if use_graph:
             hit = ctx.graphs.get(key)
             if hit is not None and all(a is s[8] for a, s in zip(hit[1], slots)):
                 graph = hit[0]
             elif key in ctx.seen:  # second time this exact configuration runs: capture it, replay from now on
-                graph = self._capture(ctx, n, key)
+                graph = self._capture(ctx, n, key, mask)
         ev = self._events
         if graph is not None:
             ev[0].record(self._stream)
@@ -604,7 +695,7 @@ class TensorRTBackend(Backend):
                 if len(ctx.seen) >= _MAX_SEEN:
                     ctx.seen.clear()
                 ctx.seen.add(key)
-            self._enqueue(ctx, n, capturing=False)
+            self._enqueue(ctx, n, capturing=False, mask=mask)
         self._stream.synchronize()
         if graph is not None:
             # One launch: H2D, the preprocessing kernel, the engine and D2H are timed together under
@@ -613,7 +704,7 @@ class TensorRTBackend(Backend):
         else:
             self.stage_ms = {"h2d": ev[1].elapsed_ms(ev[0]), "preprocess": ev[2].elapsed_ms(ev[1]),
                              "infer": ev[3].elapsed_ms(ev[2]), "d2h": ev[4].elapsed_ms(ev[3])}
-        return self._views[n]
+        return self._mask_views[n] if mask else self._views[n]
 
     def infer_tensors_impl(self, feed, batch_size: int) -> dict[str, np.ndarray]:
         _native = current().native

@@ -79,8 +79,17 @@ class TrustGuard:
         return reasons
 
     # -- after inference ---------------------------------------------------------------------------
-    def annotate(self, r, backend, outs: dict[str, np.ndarray], index: int, raw: np.ndarray,
+    def reads_logits(self, saliency: bool) -> bool:
+        """Whether `annotate` reads a segmenter's logits (`raw`): the mean-uncertainty OOD statistic and the
+        saliency map do; eligibility and the other statistics do not. Where it does not, the session may
+        take the class mask computed on the device instead of copying the logits back."""
+        if saliency or self.task == "classification":
+            return True
+        return self.ood_model is not None and "mean_uncertainty" in self.ood_model.names
+
+    def annotate(self, r, backend, outs: dict[str, np.ndarray], index: int, raw: np.ndarray | None,
                  reasons: tuple[str, ...] | None, src_hw, spec, saliency: bool) -> None:
+        # raw: this slice's model output; None when the session took a device mask (reads_logits was False).
         r.eligibility = reasons
         model = self.ood_model
         if model is not None:

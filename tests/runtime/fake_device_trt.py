@@ -31,6 +31,15 @@ What is emulated, and how faithfully:
   * cudaSetDevice is per thread; TensorRT objects bind to the current device; execute_async_v3 fails
     when the current device or the stream's device is not the engine's.
   * TensorRT's single process-wide logger: a second, different logger object is a hazard.
+  * Activation memory: `create_runtime_config()` + `set_execution_context_allocation_strategy(USER_MANAGED)`
+    gives contexts without scratch memory; execute_async_v3 on one refuses (returns False) until
+    `set_device_memory(ptr, size)` gave at least `update_device_memory_size_for_shapes()` bytes. When it
+    runs, the scratch must be live device memory and no other context may be using it at that moment
+    (a hazard otherwise: two contexts running at once on one buffer corrupt each other on a GPU).
+    `EmulatedDevice.runtime_config = False` emulates a TensorRT without IRuntimeConfig (STATIC only).
+  * The device argmax (`argmax_mask_cuda_into`): the CUDA kernel's per-pixel loop, run on the host by the
+    compiled `argmax_mask_per_pixel_into` when the stream gets there, with the NaN/Inf flag byte.
+    `EmulatedDevice.d2h_bytes` lists the size of every device-to-host copy as it executes.
 
 `EmulatedDevice.hazards` collects every misuse seen; tests assert it stays empty.
 """
@@ -122,6 +131,11 @@ class EmulatedDevice:
         self.fail_instantiate = False  # True: every graph instantiation fails
         self.fail_deserialize = False  # True: every plan fails to deserialize (e.g. a driver/TensorRT mismatch)
         self.input_dtype: DataType | None = None  # engines report this input dtype instead of the ONNX one
+        self.nan_logit = False  # True: every run writes NaN into the first logit of slice 0
+        self.runtime_config = True  # False: the TensorRT module has no IRuntimeConfig (STATIC contexts only)
+        self.engine_memory_short = 0  # bytes device_memory_size_v2 under-reports (a context then needs more)
+        self.d2h_bytes: list[int] = []  # every device-to-host copy, in bytes, as it executes
+        self._scratch_in_use: set[int] = set()
         self.counts: dict[str, int] = {}
         self._tls = threading.local()
         self._lock = threading.Lock()
@@ -372,6 +386,8 @@ class EmulatedDeviceBuffer:
                 self._dev.hazard(f"D2H copy from freed device memory {src:#x}")
                 return
             flat[...] = data
+            with self._dev._lock:
+                self._dev.d2h_bytes.append(n)
         if stream is None:
             op()
         else:
@@ -640,8 +656,47 @@ class _Native:
             if not np.isfinite(view).all():
                 raise InputError("input pixels contain NaN or Inf; SliceRT refuses non-finite pixels")
 
-    def argmax_mask_cuda_into(self, *args, **kwargs):
-        raise InputError("argmax_mask_cuda_into is not emulated")
+    def argmax_mask_cuda_into(self, out, logits, shape, dtype, stream, nonfinite=None) -> None:
+        """The device argmax, by value: pointers, shape and dtype are fixed at enqueue (or capture)."""
+        from engine import _native as real
+
+        shape = tuple(int(v) for v in shape)
+        if len(shape) != 3 or not 1 <= shape[0] <= 256 or shape[1] < 1 or shape[2] < 1:
+            raise InputError("argmax_mask_cuda_into: shape must be (K, H, W) with 1 <= K <= 256 and H, W >= 1")
+        if dtype not in ("float32", "float16"):
+            raise InputError(f"argmax_mask_cuda_into: logits dtype must be float32 or float16, got {dtype}")
+        dt = np.dtype(dtype)
+        k, h, w = shape
+        ptrs = []
+        for obj, n, what in ((logits, k * h * w * dt.itemsize, "logits"), (out, h * w, "mask")):
+            if isinstance(obj, EmulatedDeviceBuffer):
+                if n > obj.nbytes:
+                    raise InputError(f"argmax_mask_cuda_into: the {what} exceed the device buffer")
+                ptrs.append(obj.ptr)
+            else:
+                ptrs.append(int(obj))
+        src_ptr, dst_ptr = ptrs
+        flag_ptr = None if nonfinite is None else (
+            nonfinite.ptr if isinstance(nonfinite, EmulatedDeviceBuffer) else int(nonfinite))
+        if src_ptr % dt.itemsize:
+            raise InputError("argmax_mask_cuda_into: logits pointer is not aligned to its elements")
+        dev, heap = self._dev, self._dev.heap
+        dev.record("argmax", stream.handle, src_ptr)
+
+        def op():
+            src = heap.bytes_at(src_ptr, k * h * w * dt.itemsize)
+            dst = heap.bytes_at(dst_ptr, h * w)
+            flag = None if flag_ptr is None else heap.bytes_at(flag_ptr, 1)
+            if src is None or dst is None or (flag_ptr is not None and flag is None):
+                dev.hazard(f"the argmax kernel touched unmapped memory (logits {src_ptr:#x}, mask {dst_ptr:#x})")
+                return
+            mask = np.empty((h, w), np.uint8)
+            finite = real.argmax_mask_per_pixel_into(mask, src.view(dt).reshape(k, h, w).copy())
+            dst[...] = mask.reshape(-1)
+            if flag is not None:
+                flag[0] = 0 if finite else 1
+        stream.enqueue(op, "argmax")
+        dev.count("argmax_kernel")
 
 
 def _python_spec(native_spec):
@@ -722,6 +777,26 @@ _ONNX_TO_TRT = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataT
                 2: DataType.UINT8}
 
 
+class AllocationStrategy(enum.IntEnum):  # trt.ExecutionContextAllocationStrategy
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
+_SCRATCH_PER_ITEM = 4096  # emulated activation bytes per batch item
+
+
+class _RuntimeConfig:
+    def __init__(self):
+        self.strategy = AllocationStrategy.STATIC
+
+    def set_execution_context_allocation_strategy(self, strategy=AllocationStrategy.STATIC):
+        self.strategy = AllocationStrategy(int(strategy))
+
+    def get_execution_context_allocation_strategy(self):
+        return self.strategy
+
+
 class TensorIOMode(enum.IntEnum):
     NONE = 0
     INPUT = 1
@@ -744,6 +819,8 @@ def _make_trt_module(dev: EmulatedDevice):
                                                    "EXCLUDE_LEAN_RUNTIME": 10})
     trt.DeviceType = enum.IntEnum("DeviceType", {"GPU": 0, "DLA": 1})
     trt.LayerInformationFormat = enum.IntEnum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})
+    if dev.runtime_config:
+        trt.ExecutionContextAllocationStrategy = AllocationStrategy
 
     class ILogger:
         Severity = _Severity
@@ -848,7 +925,16 @@ class _Engine:
             self._io.append((vi.name, mode, dtype, shape))
         self.num_io_tensors = len(self._io)
         self.num_layers = len(model.graph.node)
-        self.device_memory_size_v2 = 1 << 20
+        # The largest scratch any shape of the profile needs (TensorRT: the max across profiles).
+        self.device_memory_size_v2 = max(
+            0, _SCRATCH_PER_ITEM * int(header.get("max_batch", 1)) - dev.engine_memory_short)
+
+    @property
+    def create_runtime_config(self):
+        if not self._dev.runtime_config:
+            raise AttributeError("'ICudaEngine' object has no attribute 'create_runtime_config' (emulated older "
+                                 "TensorRT)")
+        return lambda: _RuntimeConfig()
 
     def _find(self, name):
         for e in self._io:
@@ -868,12 +954,26 @@ class _Engine:
     def get_tensor_shape(self, name):
         return self._find(name)[3]
 
-    def create_execution_context(self):
+    def create_execution_context(self, *args):
+        """Overloads as in TensorRT 10/11: (strategy=STATIC) or (runtime_config)."""
         device = self._dev.trt_call("create_execution_context")
         if device != self.device:
             self._dev.hazard(f"execution context created with device {device} current; the engine is on device "
                              f"{self.device}")
-        return _Context(self)
+        if len(args) > 1:
+            raise TypeError("create_execution_context(): incompatible function arguments")
+        arg = args[0] if args else AllocationStrategy.STATIC
+        if isinstance(arg, _RuntimeConfig):
+            strategy = arg.strategy
+        elif self._dev.runtime_config and isinstance(arg, (AllocationStrategy, int)):
+            strategy = AllocationStrategy(int(arg))
+        elif not args:
+            strategy = AllocationStrategy.STATIC
+        else:
+            raise TypeError("create_execution_context(): incompatible function arguments")
+        if strategy == AllocationStrategy.STATIC:
+            self._dev.count("static_context_memory")  # TensorRT allocates this context's own scratch
+        return _Context(self, strategy)
 
     def create_engine_inspector(self):
         engine = self
@@ -885,9 +985,11 @@ class _Engine:
 
 
 class _Context:
-    def __init__(self, engine: _Engine):
+    def __init__(self, engine: _Engine, strategy: AllocationStrategy = AllocationStrategy.STATIC):
         self._engine = engine
         self._dev = engine._dev
+        self.strategy = strategy
+        self.device_memory: tuple[int, int] | None = None  # (ptr, size) given by set_device_memory
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self.epoch = 0
@@ -907,6 +1009,20 @@ class _Context:
             self.epoch += 1  # internal state changed: graphs captured before are stale
             self.needs_init = True
         return True
+
+    def _scratch_need(self) -> int:
+        batch = next(iter(self.shapes.values()))[0] if self.shapes else int(self._engine.header.get("max_batch", 1))
+        return _SCRATCH_PER_ITEM * batch
+
+    def update_device_memory_size_for_shapes(self):
+        self._dev.trt_call("update_device_memory_size_for_shapes")
+        return self._scratch_need()
+
+    def set_device_memory(self, memory, size):
+        self._dev.trt_call("set_device_memory")
+        if self.strategy != AllocationStrategy.USER_MANAGED:
+            self._dev.hazard("set_device_memory on a context that was not created USER_MANAGED")
+        self.device_memory = (int(memory), int(size))
 
     def get_tensor_shape(self, name):
         _, mode, _, decl = self._engine._find(name)
@@ -938,6 +1054,9 @@ class _Context:
                 return False
             if any(e[0] not in self.addresses for e in self._engine._io):
                 return False
+            if self.strategy == AllocationStrategy.USER_MANAGED and (
+                    self.device_memory is None or self.device_memory[1] < self._scratch_need()):
+                return False  # TensorRT: "the user must provide device memory" (logged as an error)
             if stream.capture is not None:
                 if self.needs_init or not dev.capturable:
                     stream.capture.invalid = "TensorRT enqueue not capturable"
@@ -952,9 +1071,35 @@ class _Context:
 
     def _launch_params(self):
         io = [(e[0], e[1], np.dtype(_NP[e[2]]), self.get_tensor_shape(e[0])) for e in self._engine._io]
-        return io, dict(self.addresses), self.epoch
+        scratch = None
+        if self.strategy == AllocationStrategy.USER_MANAGED:
+            scratch = (self.device_memory[0], self._scratch_need())
+        return io, dict(self.addresses), self.epoch, scratch
 
-    def _run(self, io, addresses, epoch):
+    def _run(self, io, addresses, epoch, scratch):
+        dev = self._dev
+        if scratch is None:
+            self._execute(io, addresses, epoch)
+            return
+        ptr, need = scratch
+        with dev._lock:
+            shared = ptr in dev._scratch_in_use
+            dev._scratch_in_use.add(ptr)
+        if shared:
+            dev.hazard("two execution contexts ran at once on the same activation memory")
+        try:
+            mem = dev.heap.bytes_at(ptr, need)
+            if mem is None:
+                dev.hazard(f"an execution context's activation memory {ptr:#x} is not live device memory")
+            else:
+                mem[...] = 0xA5  # the scratch is overwritten by every run, as TensorRT's layers do
+            self._execute(io, addresses, epoch)
+        finally:
+            if not shared:
+                with dev._lock:
+                    dev._scratch_in_use.discard(ptr)
+
+    def _execute(self, io, addresses, epoch):
         heap, dev = self._dev.heap, self._dev
         stale = epoch != self.epoch
         feed = {}
@@ -980,6 +1125,8 @@ class _Context:
                 dst.view(dt)[...] = np.nan
             else:
                 dst[...] = np.ascontiguousarray(outs[i], dt).reshape(-1).view(np.uint8)
+                if dev.nan_logit and i == 0 and dt.kind == "f":
+                    dst.view(dt)[0] = np.nan  # slice 0's first logit: a model that overflowed on this input
 
 
 class _Tensor:

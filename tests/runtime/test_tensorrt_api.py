@@ -26,7 +26,8 @@ TYPED_NAMES = {
                           "config": "IBuilderConfig", "profile": "IOptimizationProfile", "runtime": "Runtime", "engine": "ICudaEngine", "inspector": "EngineInspector",
                           "err": "ParserError", "inp": "ITensor"},
     "tensorrt.py": {"self._runtime": "Runtime", "runtime": "Runtime", "engine": "ICudaEngine",
-                    "self._engine": "ICudaEngine", "context": "IExecutionContext", "ctx.context": "IExecutionContext"},
+                    "self._engine": "ICudaEngine", "context": "IExecutionContext", "ctx.context": "IExecutionContext",
+                    "runtime_config": "IRuntimeConfig"},
 }
 
 

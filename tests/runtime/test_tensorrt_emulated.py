@@ -143,12 +143,14 @@ def test_d2_failed_capture_falls_back_to_eager_once(emu, trt_bundles, failure):
     imgs = _images(2)
     with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32") as s, \
             engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", cuda_graph=False) as eager:
+        assert s.info["cuda_graphs"] is True  # nothing has been captured yet
         want = _scores([eager.run(x) for x in imgs])
         for _ in range(4):
             np.testing.assert_array_equal(_scores([s.run(x) for x in imgs]), want)
         assert emu.counts.get("begin_capture", 0) == 1  # tried once, then eager for good
-        info = s._backend.info  # the backend's live info (Session.info is a snapshot taken at load)
+        info = s.info  # the backend's live state, not a snapshot taken at load
         assert info["cuda_graphs"] is False and "capture failed" in info["cuda_graphs_off"]
+        assert eager.info["cuda_graphs"] is False and "cuda_graphs_off" not in eager.info
         assert not any(st.capture is not None for st in emu._streams.values())  # no stream left capturing
 
 
@@ -452,3 +454,177 @@ def test_d13_tensorrt_return_values_are_checked(emu, model_dirs, tmp_path, monke
     monkeypatch.setattr(fake._Context, "set_tensor_address", lambda self, name, ptr: name != "scores")
     with pytest.raises(CudaError, match="refused the device address of tensor 'scores'"):
         engine.load(tmp_path / "c.slicert", backend="tensorrt")
+
+
+# -- D3 follow-up: one activation buffer for the contexts of a buffer set -----------------------------
+def _scratch(backend):
+    return {n: (c.context.strategy, c.context.device_memory) for n, c in backend._contexts.items()}
+
+
+def test_d3_contexts_share_one_activation_buffer(emu, trt_bundles):
+    imgs = _images(11)
+    with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8) as s, \
+            engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8,
+                        cuda_graph=False) as eager:
+        want = _scores(eager.run_batch(imgs))  # 8 + 3
+        for _ in range(3):
+            np.testing.assert_array_equal(_scores(s.run_batch(imgs)), want)
+            np.testing.assert_array_equal(s.run(imgs[0]).scores, want[0])
+        scratch = _scratch(s._backend)
+        assert sorted(scratch) == [1, 3, 8]
+        assert {st for st, _ in scratch.values()} == {fake.AllocationStrategy.USER_MANAGED}
+        assert len({mem for _, mem in scratch.values()}) == 1  # one allocation, given to all three contexts
+        ptr, size = scratch[8][1]
+        assert ptr == s._backend._activation.ptr and size == s._backend._activation.nbytes >= 8 * 4096
+        assert emu.counts.get("static_context_memory", 0) == 0  # no context allocated its own
+        assert "USER_MANAGED" in s.info["activation_memory"]
+        assert emu.counts.get("graph_launch", 0) >= 2
+
+
+def test_d3_activation_buffer_grows_when_a_shape_needs_more(emu, trt_bundles):
+    emu.engine_memory_short = 3 * 4096  # device_memory_size_v2 says 5 items' worth, batch 8 needs 8
+    imgs = _images(11)
+    with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8) as s, \
+            engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8,
+                        cuda_graph=False) as eager:
+        want = _scores(eager.run_batch(imgs))
+        for _ in range(3):
+            np.testing.assert_array_equal(_scores(s.run_batch(imgs)), want)
+        scratch = _scratch(s._backend)
+        assert len({mem for _, mem in scratch.values()}) == 1 and scratch[1][1][1] >= 8 * 4096
+
+
+def test_d3_without_runtime_config_each_context_keeps_static_memory(emu, trt_bundles):
+    emu.runtime_config = False  # an older TensorRT: no ICudaEngine.create_runtime_config
+    imgs = _images(11)
+    with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8) as s:
+        got = _scores(s.run_batch(imgs))
+        assert {st for st, _ in _scratch(s._backend).values()} == {fake.AllocationStrategy.STATIC}
+        assert emu.counts["static_context_memory"] == 3 and "STATIC" in s.info["activation_memory"]
+    emu.runtime_config = True
+    with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32", max_batch=8) as s:
+        np.testing.assert_array_equal(_scores(s.run_batch(imgs)), got)
+
+
+def test_emulated_context_refuses_to_run_without_its_activation_memory(emu, trt_bundles):
+    """The emulation enforces what the backend relies on: a USER_MANAGED context runs only with memory."""
+    with engine.load(trt_bundles["cls"], backend="tensorrt", precision="fp32") as s:
+        b = s._backend
+        context = b._engine.create_execution_context(b._runtime_config)
+        context.set_input_shape(b._in_name, (1, *b._inputs[b._in_name][0][1:]))
+        for name in (b._in_name, *b._output_names):
+            context.set_tensor_address(name, (b._d_input if name == b._in_name else b._d_outputs[name]).ptr)
+        assert context.execute_async_v3(b._stream.handle) is False
+        context.set_device_memory(b._activation.ptr, context.update_device_memory_size_for_shapes() - 1)
+        assert context.execute_async_v3(b._stream.handle) is False
+        context.set_device_memory(b._activation.ptr, b._activation.nbytes)
+        assert context.execute_async_v3(b._stream.handle) is True
+        b._stream.synchronize()
+
+
+# -- D12: the segmenter's argmax on the device ------------------------------------------------------------
+SPACING = (0.5, 0.7)
+
+
+def _seg_results(results):
+    return [(r.mask, r.pixel_counts, r.areas_mm2) for r in results]
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for (gm, gc, ga), (wm, wc, wa) in zip(got, want):
+        np.testing.assert_array_equal(gm, wm)
+        assert gc == wc and ga == wa
+
+
+def _seg_logit_bytes(s):
+    b = s._backend
+    return b._out_arrays["logits"][0].nbytes
+
+
+def test_d12_device_mask_equals_the_onnxruntime_session(emu, trt_bundles):
+    imgs = _images(19, seed=11)
+    with engine.load(trt_bundles["seg"], backend="onnxruntime", max_batch=8) as cpu, \
+            engine.load(trt_bundles["seg"], backend="tensorrt", max_batch=8) as s:
+        assert s._backend.offers_mask and s._device_mask and not cpu._device_mask
+        want_batch = _seg_results(cpu.run_batch(imgs, pixel_spacing_mm=SPACING))  # chunks 8, 8, 3
+        want_single = _seg_results([cpu.run(x, pixel_spacing_mm=SPACING) for x in imgs[:3]])
+        for _ in range(3):  # eager, then captured, then replayed graphs (mask mode is part of the graph key)
+            _assert_same(_seg_results(s.run_batch(imgs, pixel_spacing_mm=SPACING)), want_batch)
+            _assert_same(_seg_results([s.run(x, pixel_spacing_mm=SPACING) for x in imgs[:3]]), want_single)
+        assert emu.counts.get("graph_launch", 0) >= 4 and emu.counts.get("argmax_kernel", 0) >= 19
+        assert any(v for r in want_batch for k, v in r[1].items() if k != s.labels[0])  # not all background
+
+
+def test_d12_only_the_mask_crosses_to_the_host(emu, trt_bundles):
+    imgs = _images(19, seed=12)
+    with engine.load(trt_bundles["seg"], backend="tensorrt", max_batch=8) as s:
+        k, h, w = s._backend._out_arrays["logits"].shape[1:]
+        row = h * w + 1  # the mask bytes and the NaN/Inf flag byte of one slice
+        for _ in range(3):  # the copies of eager runs and of replayed graphs are counted alike
+            emu.d2h_bytes.clear()
+            s.run(imgs[0])
+            assert emu.d2h_bytes == [row]
+            emu.d2h_bytes.clear()
+            s.run_batch(imgs)
+            assert emu.d2h_bytes == [8 * row, 8 * row, 3 * row]
+        assert _seg_logit_bytes(s) == k * h * w * 4 > 10 * row  # what used to cross per slice
+
+
+def test_d12_a_nan_logit_is_still_refused(emu, trt_bundles):
+    imgs = _images(3, seed=13)
+    with engine.load(trt_bundles["seg"], backend="tensorrt", max_batch=8) as s:
+        for _ in range(3):
+            s.run(imgs[0])  # captured by the third run
+            s.run_batch(imgs)
+        launches = emu.counts.get("graph_launch", 0)
+        emu.nan_logit = True
+        with pytest.raises(InputError, match="produced NaN/Inf outputs"):
+            s.run(imgs[0])  # a replayed graph: the flag is set on the device, in the replay
+        with pytest.raises(InputError, match="produced NaN/Inf outputs"):
+            s.run_batch(imgs)
+        assert emu.counts["graph_launch"] == launches + 2
+        emu.nan_logit = False
+        assert s.run(imgs[0]).mask is not None  # the flag is cleared again on the next launch
+        s.run_batch(imgs)
+
+
+def _seg_with_trust(model_dirs, tmp_path):
+    """The segmenter with a trust.json whose OOD model reads the logits (mean uncertainty). The numbers are
+    made up for the test: only whether the session reads the logits matters here."""
+    import json
+    import shutil
+
+    folder = tmp_path / "seg_trust"
+    shutil.copytree(model_dirs["seg_export"], folder)
+    stat = {"name": "mean_uncertainty", "kind": "upper", "centre": 0.3, "scale": 0.1}
+    (folder / "trust.json").write_text(json.dumps({"schema": 1, "variants": {"fp32": {
+        "temperature": None, "ood": {"statistics": [stat], "threshold": 3.0, "false_alarm_target": 0.05}}}}))
+    return _build(folder, tmp_path / "seg_trust.slicert", precision="fp32", target="auto", max_batch=8)
+
+
+def test_d12_trust_annotations_still_get_the_logits(emu, trt_bundles, model_dirs, tmp_path):
+    from engine.preprocess import preprocess
+    from engine.trust.ood import mean_uncertainty
+
+    bundle = _seg_with_trust(model_dirs, tmp_path)
+    x = _images(1, seed=14)[0]
+    with engine.load(bundle, backend="tensorrt") as s, engine.load(bundle, backend="onnxruntime") as cpu:
+        assert s._backend.offers_mask and not s._device_mask  # mean uncertainty reads the logits
+        emu.d2h_bytes.clear()
+        r = s.run(x)
+        assert emu.d2h_bytes == [_seg_logit_bytes(s)]
+        want = cpu.run(x)
+        assert r.ood.signals["mean_uncertainty"] == want.ood.signals["mean_uncertainty"]
+        np.testing.assert_array_equal(r.mask, want.mask)
+        logits = s._backend.infer_tensors({"input": preprocess(x, s.spec)})["logits"][0]
+        assert r.ood.signals["mean_uncertainty"] == mean_uncertainty(logits)
+    with engine.load(trt_bundles["seg"], backend="tensorrt") as s, \
+            engine.load(trt_bundles["seg"], backend="onnxruntime") as cpu:
+        assert s._device_mask  # no trust section: the mask path
+        emu.d2h_bytes.clear()
+        r = s.run(x, saliency=True)  # the confidence map reads the logits: this call copies them
+        assert emu.d2h_bytes == [_seg_logit_bytes(s)]
+        np.testing.assert_array_equal(r.saliency, cpu.run(x, saliency=True).saliency)
+        emu.d2h_bytes.clear()
+        assert s.run(x).saliency is None and emu.d2h_bytes == [s._backend._h_masks.shape[1]]  # H x W + 1
