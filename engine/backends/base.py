@@ -59,6 +59,23 @@ class Backend(abc.ABC):
         self.offers_mask = False
         self._active = False
 
+    # Constructor arguments every buffer set of one backend shares (see _twin).
+    _CONFIG: ClassVar[tuple[str, ...]] = ("bundle", "variant", "device", "threads", "max_batch", "options")
+
+    def _twin(self, *shared: str) -> Backend:
+        """The start of fork(): an instance of this class that shares this one's configuration, its `info`
+        and the loaded model objects named in `shared` (attribute names), but no buffers. The caller
+        allocates the twin's own buffers and activates it."""
+        twin = object.__new__(type(self))
+        keep = self._CONFIG + shared
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k in keep})
+        twin.info = self.info
+        twin.stage_ms = {}
+        twin.offers_mask = False
+        twin._forked = True
+        twin._active = False
+        return twin
+
     # -- class-level queries (no heavy imports) -----------------------------------------------
     @classmethod
     @abc.abstractmethod

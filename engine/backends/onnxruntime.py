@@ -262,13 +262,7 @@ class OnnxRuntimeBackend(Backend):
 
     def fork(self) -> OnnxRuntimeBackend:
         """A second buffer set on the same InferenceSession (for another thread); allocated once."""
-        twin = object.__new__(type(self))
-        twin.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k in ("bundle", "variant", "device", "threads", "max_batch", "options",
-                                       "_sess", "_run", "_input_specs", "_outputs_meta")})
-        twin.info = self.info
-        twin.stage_ms = {}
-        twin._forked = True
+        twin = self._twin("_sess", "_run", "_input_specs", "_outputs_meta")
         twin._run_options = _run_options()  # per buffer set: a RunOptions is per-call state (terminate flag)
         twin._allocate()
         twin._warm_up()

@@ -299,13 +299,7 @@ class OpenVINOBackend(Backend):
 
     def fork(self) -> OpenVINOBackend:
         """A second buffer set (own InferRequest and arrays) on the same compiled model."""
-        twin = object.__new__(type(self))
-        twin.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k in ("bundle", "variant", "device", "threads", "max_batch", "options",
-                                       "_compiled", "_input_specs", "_outputs_meta")})
-        twin.info = self.info
-        twin.stage_ms = {}
-        twin._forked = True
+        twin = self._twin("_compiled", "_input_specs", "_outputs_meta")
         twin._allocate()
         twin._warm_up()
         twin._active = True

@@ -470,15 +470,8 @@ class TensorRTBackend(Backend):
         if engine is None or not self._active:
             raise SessionClosed("the TensorRT backend was closed while another thread asked for a buffer set; "
                                 "load the bundle again")
-        twin = object.__new__(type(self))
-        twin.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k in ("bundle", "variant", "device", "threads", "max_batch", "options", "_runtime",
-                                       "_parent_runtime", "_logger", "_cc")})
+        twin = self._twin("_runtime", "_parent_runtime", "_logger", "_cc")
         twin._engine = engine
-        twin.info = self.info
-        twin.stage_ms = {}
-        twin._forked = True
-        twin._active = False
         twin._allocate()  # in the calling thread: _allocate makes the device current first
         twin._active = True
         return twin
