@@ -30,15 +30,7 @@ def asan_driver(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fw_bundles(tmp_path_factory) -> dict[str, Path]:
-    from engine.bundle import build_bundle
-
-    root = tmp_path_factory.mktemp("fw_models")
-    out = {}
-    for task, key in (("classification", "cls"), ("segmentation", "seg")):
-        export = tiny_models.write_export(root / f"export_{key}", task)
-        out[key] = root / f"{key}.slicert"
-        build_bundle(export, out[key], precision="fp32", target="cpu", max_batch=1)
-    return out
+    return tiny_models.cpu_bundles(tmp_path_factory.mktemp("fw_models"))
 
 
 @pytest.fixture

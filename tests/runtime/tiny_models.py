@@ -140,6 +140,18 @@ def write_export(folder: Path, task: str) -> Path:
     return folder
 
 
+def cpu_bundles(root: Path) -> dict[str, Path]:
+    """{"cls", "seg"}: FP32 CPU bundles (max_batch 1) of the tiny classifier and segmenter, built in root."""
+    from engine.bundle import build_bundle
+
+    out = {}
+    for task, key in (("classification", "cls"), ("segmentation", "seg")):
+        export = write_export(root / f"export_{key}", task)
+        out[key] = root / f"{key}.slicert"
+        build_bundle(export, out[key], precision="fp32", target="cpu", max_batch=1)
+    return out
+
+
 def write_quantized(folder: Path, export: Path, *, int8_passed: bool = True) -> Path:
     """A quantizer-style folder (contract 6, tools/quantize): model.fp16.onnx, model.int8.onnx (TensorRT
     Q/DQ form), model.int8.ort.onnx (ONNX Runtime CPU form), accuracy_report.json pointing back at the
