@@ -195,7 +195,7 @@ def render_table(run: BenchmarkRun, *, reference: str | None = None, console: An
     from rich.markup import escape
     from rich.table import Table
 
-    from engine.cli.safe_text import safe
+    from engine.safe_text import safe
 
     def shown(name: str) -> str:  # a configuration name may come from a bundle: no control bytes, no markup
         return escape(safe(name))

@@ -268,7 +268,7 @@ def register(app: typer.Typer) -> None:
                 cold_start_repeats=cold_start_repeats,
             )
         except SliceRTError as exc:
-            from engine.cli.safe_text import safe
+            from engine.safe_text import safe
 
             typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None

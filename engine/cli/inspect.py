@@ -9,12 +9,12 @@ import typer
 
 
 def _fmt(v: Any) -> str:
-    """Plain text for a table cell: terminal control characters shown as escapes (engine.cli.safe_text:
+    """Plain text for a table cell: terminal control characters shown as escapes (engine.safe_text:
     a manifest string must not set the window title or clear the screen), and rich markup escaped so
     '[gpu]' and the like are not read as markup."""
     from rich.markup import escape
 
-    from engine.cli.safe_text import safe
+    from engine.safe_text import safe
 
     if v is None:
         return "-"
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
                 return
             render(bundle, trusted_keys=trusted_key or None)
         except SliceRTError as exc:
-            from engine.cli.safe_text import safe
+            from engine.safe_text import safe
 
             typer.echo(f"error: {type(exc).__name__}: {safe(exc)}", err=True)
             raise typer.Exit(code=2) from None

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from engine.cli.safe_text import safe
+        from engine.safe_text import safe
         from engine.errors import SliceRTError
         from tools.batch.job import run_batch
 
@@ -66,7 +66,7 @@ def _print_summary(s) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.cli.safe_text import safe
+    from engine.safe_text import safe
 
     t = Table(title=f"slicert batch: {s.files} files -> {s.out}")
     t.add_column("what")
