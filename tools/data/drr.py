@@ -41,7 +41,9 @@ ANGLE_PATTERN = ("train",) * 6 + ("val", "calib", "test", "test")
 NODULE_Z_BLOCK, NODULE_Z_GAP = 4, 2
 NODULE_Z_PATTERN = ("train", "test", "train", "val", "train", "calib", "train", "test", "train", "train")
 SPLITS_FULL = {"train": 1600, "val": 300, "calib": 256, "test": 600}
-SPLITS_FAST = {"train": 320, "val": 100, "calib": 256, "test": 200}
+# --fast: 320 training images left the student's learning to the seed (2 of 4 seeds at chance on an
+# AVX2 CPU); 640 learnt on every seed tried. 400 test images narrow the AUC's 95% CI to about +-0.055.
+SPLITS_FAST = {"train": 640, "val": 100, "calib": 256, "test": 400}
 
 
 def spec():
