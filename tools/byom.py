@@ -1,6 +1,6 @@
 """Bring your own model and data: the user's teacher + DICOM folder -> distilled student -> FP16/INT8
-variants gated on the user's held-out data -> bundle. The same steps as the demo zoo, cached the
-same way, for a network and an archive no one here designed.
+variants gated on the user's held-out data -> bundle. The demo zoo's steps (tools.core: student alone,
+distilled student, evaluation, export, caching), for a network and an archive no one here designed.
 
     from tools import byom
     result = byom.distill(teacher="teacher.onnx", spec="spec.json", data="dicom/", masks="masks/",
@@ -24,7 +24,6 @@ Layout of OUT (every step cached: a step whose configuration key and weights sti
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -33,48 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import InputError, OutputExists
-from tools.io import (
-    ensure_writable_dir,
-    read_json,
-    sha256_file,
-    torch_save_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from engine.errors import InputError
+from tools import core
+from tools.core import claim
+from tools.io import read_json, sha256_file, write_json_atomic, write_text_atomic
 
+evaluate = core.evaluate  # held-out metrics as the report computes them, for notebooks scoring their own models
 MARKER = ".slicert-byom"
 PROJECT = "project.json"
 Progress = Callable[[str, float, str], None]  # (step, fraction in [0, 1], message)
-_CODE = ("byom.py", "train.py", "distill.py", "students.py", "models.py", "export.py", "dataset/folder.py")
-
-
-def _code_hash() -> str:
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for rel in _CODE:
-        h.update((root / rel).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _key(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# Besides tools.core.CODE, the sources that decide a project's steps: this wiring and the DICOM reader.
+_CODE = ("byom.py", "dataset/folder.py")
 
 
 def is_project(path: str | Path) -> bool:
     """True for a folder `distill` wrote (what `slicert quantize/build OUT` accept without more arguments)."""
     p = Path(path)
     return (p / MARKER).is_file() and (p / PROJECT).is_file()
-
-
-def _claim(out: Path, force: bool) -> Path:
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not force:
-        raise OutputExists(f"{out} is not empty and is not a SliceRT distill output; choose another --out or pass "
-                           f"--force")
-    ensure_writable_dir(out)
-    if not (out / MARKER).is_file():
-        write_text_atomic(out / MARKER, "SliceRT bring-your-own-model output (tools.byom)\n", force=True)
-    return out
 
 
 def _as_spec(spec):
@@ -100,138 +74,6 @@ def configs(task: str, epochs: int, seed: int, batch_size: int = 8):
     kd = TrainConfig(**{**alone.to_dict(), "augment": aug, "kd_alpha": 0.5 if seg else 0.7,
                         "kd_temperature": 2.0 if seg else 4.0})
     return alone, kd
-
-
-def evaluate(logits_test: np.ndarray, y_test: np.ndarray, logits_val: np.ndarray, y_val: np.ndarray, task: str,
-             labels: tuple[str, ...]) -> dict:
-    """Held-out test metrics (the binary operating point is chosen on val), as the zoo reports them."""
-    from tools import metrics
-
-    if task == "segmentation":
-        return metrics.segmentation_report(logits_test.argmax(axis=1), y_test, labels)
-
-    def prob(z):
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    if len(labels) == 2:
-        return metrics.classification_report(prob(logits_test)[:, 1], y_test, prob(logits_val)[:, 1], y_val)
-    return {"accuracy": float((logits_test.argmax(axis=1) == y_test).mean()), "n": len(y_test)}
-
-
-class _Run:
-    def __init__(self, out: Path, folder, spec, teacher, force: bool, progress: Progress | None):
-        self.out, self.folder, self.spec, self.teacher, self.force = out, folder, spec, teacher, force
-        self.progress = progress
-        self.steps: dict[str, str] = {}
-        self.records: dict[str, dict] = {}
-        self.models: dict[str, Any] = {}
-        self._t = None
-
-    def say(self, step: str, frac: float, msg: str) -> None:
-        if self.progress is not None:
-            self.progress(step, frac, msg)
-
-    def tensors(self):
-        if self._t is None:
-            import torch
-
-            from tools.train import TaskTensors
-
-            self.say("preprocess", 0.0, "engine.dicom + engine.preprocess on every split")
-            x = {s: torch.from_numpy(self.folder.inputs(s)) for s in ("train", "val", "test")}
-            y = {s: torch.from_numpy(self.folder.targets[s]) for s in ("train", "val", "test")}
-            self._t = TaskTensors(self.spec.task, len(self.spec.labels), x, y)
-            self.say("preprocess", 1.0, "done")
-        return self._t
-
-    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray]) -> dict:
-        t = self.tensors()
-        return evaluate(predict(t.x["test"].numpy()), t.y["test"].numpy(), predict(t.x["val"].numpy()),
-                        t.y["val"].numpy(), self.spec.task, self.spec.labels)
-
-    def model_step(self, step: str, arch: str, init, cfg, teacher=None, init_sha: str | None = None):
-        """Train `init` (a fresh module, modified in place) alone or against `teacher`; cached by key."""
-        import torch
-
-        from tools.distill import kd_loss
-        from tools.flops import profile
-        from tools.train import class_weights, fit, predict, supervised_loss
-
-        weights, rec_path = self.out / "weights" / f"{step}.pt", self.out / "steps" / f"{step}.json"
-        key = _key({"dataset": self.folder.fingerprint, "arch": arch, "init": init_sha, "cfg": cfg.to_dict(),
-                    "teacher": self.teacher.sha256 if teacher is not None else None, "code": _code_hash()})
-        old = read_json(rec_path) if rec_path.is_file() else None
-        if (old is not None and old.get("key") == key and not self.force and weights.is_file()
-                and sha256_file(weights) == old.get("weights_sha256")):
-            init.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["state_dict"])
-            init.eval()
-            self.models[step], self.records[step] = init, old
-            self.steps[step] = "cached"
-            self.say(step, 1.0, f"cached ({weights})")
-            return init
-        t = self.tensors()
-        k = len(self.spec.labels)
-        w = class_weights(t.y["train"], k, cfg.class_balance)
-        loss = (kd_loss(t.task, k, cfg, w) if teacher is not None
-                else supervised_loss(t.task, k, cfg.dice_weight, w))
-        self.say(step, 0.0, "training")
-        record = fit(init, t, cfg, loss, teacher=teacher, progress=lambda f, m: self.say(step, f, m))
-        ensure_writable_dir(weights.parent)
-        torch_save_atomic(weights, {"arch": arch, "num_classes": k, "in_channels": self.spec.chw[0],
-                                    "state_dict": init.state_dict(), "config": cfg.to_dict(),
-                                    "labels": list(self.spec.labels)}, force=True)
-        record.update(key=key, arch=arch, config=cfg.to_dict(), weights=str(weights),
-                      weights_sha256=sha256_file(weights),
-                      test=self.evaluate(lambda x: predict(init, torch.from_numpy(x))), **profile(init, self.spec.chw))
-        if teacher is not None:
-            record["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
-        write_json_atomic(rec_path, record, force=True)
-        self.models[step], self.records[step] = init, record
-        self.steps[step] = "ran"
-        return init
-
-    def export(self) -> dict:
-        """OUT/model.onnx + OUT/model.json of the distilled student (model.json written from the spec)."""
-        from tools.export import build_export
-        from tools.io import write_bytes_atomic
-
-        rec = self.records["student_kd"]
-        export_key = _key({"weights": rec["weights_sha256"], "spec": self.spec.to_dict(), "code": _code_hash(),
-                           "dataset": self.folder.fingerprint})
-        side, onnx_path = self.out / "model.json", self.out / "model.onnx"
-        if side.is_file() and onnx_path.is_file() and not self.force:
-            old = read_json(side)
-            if old.get("export_key") == export_key and sha256_file(onnx_path) == old.get("model_sha256"):
-                self.steps["export"] = "cached"
-                self.say("export", 1.0, f"cached ({onnx_path})")
-                return old
-        self.say("export", 0.0, "ONNX export + equivalence check")
-        metrics = {"split": "test", "model": rec["test"], "params": rec["params"], "flops": rec["flops"],
-                   "macs": rec["macs"], "flop_convention": "1 MAC = 2 FLOPs; conv/linear only",
-                   "teacher": {k: self.records["teacher"].get(k) for k in ("test", "params", "flops")},
-                   "student_alone": {k: self.records["student_alone"][k] for k in ("test", "params", "flops")},
-                   "honest_label": (self.folder.card().get("provenance") or {}).get("label")
-                   or f"DICOM folder {self.folder.root.name}; held-out test split by PatientID"}
-        if metrics["model"].get("threshold") is not None:
-            metrics["threshold"] = metrics["model"]["threshold"]
-        p = self.spec.preprocess
-        data, sidecar = build_export(
-            self.models["student_kd"], name=self.spec.name, task=self.spec.task, labels=self.spec.labels, spec=p,
-            voi_policy=self.spec.voi_policy, dataset_card=self.folder.card(), metrics=metrics,
-            check_inputs=self.tensors().x["test"].numpy(),
-            extra={"export_key": export_key, "arch": rec["arch"], "weights_sha256": rec["weights_sha256"],
-                   "role": "student", "kd": rec.get("kd"), "teacher": {"kind": self.teacher.kind,
-                                                                      "source": self.teacher.source,
-                                                                      "sha256": self.teacher.sha256},
-                   "spec": self.spec.to_dict()})
-        # model.onnx first, model.json last: a model.json on disk always describes the model.onnx beside it.
-        (self.out / "model.json").unlink(missing_ok=True)
-        write_bytes_atomic(onnx_path, data, force=True)
-        write_json_atomic(side, sidecar, force=True)
-        self.steps["export"] = "ran"
-        self.say("export", 1.0, str(onnx_path))
-        return sidecar
 
 
 def _latency(models: dict[str, Any], chw: tuple, rounds: int) -> dict[str, dict]:
@@ -305,6 +147,7 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
     from torch import nn
 
     from tools import students
+    from tools.core import Project
     from tools.dataset import open_folder, report_markdown
     from tools.teacher import load_teacher, state_sha
 
@@ -326,7 +169,7 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
         sspec = students.parse(student, spec.task)
         sspec.check_input(spec.chw)
         student_arch, student_init, init_sha = sspec.arch, None, None
-    out = _claim(Path(out).expanduser(), force)
+    out = claim(out, MARKER, "distill output", force)
 
     say("data", 0.0, f"checking {data}")
     if source is not None:
@@ -342,7 +185,9 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # subnormals late in training slow x86 float math by orders of magnitude
 
-    run = _Run(out, folder, spec, t, force, progress)
+    honest = ((folder.card().get("provenance") or {}).get("label")
+              or f"DICOM folder {folder.root.name}; held-out test split by PatientID")
+    run = Project(out, folder, code=_CODE, force=force, progress=progress, honest_label=honest)
     trec: dict[str, Any] = {"arch": f"{t.kind}: {t.source}", "sha256": t.sha256,
                             "test": run.evaluate(lambda x: t.predict(x))}
     if t.kind == "onnx":
@@ -350,10 +195,8 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
 
         trec.update(onnx_profile(t.onnx_path.read_bytes()))
     else:
-        from tools.flops import profile
-
         try:
-            trec.update(profile(t.module, spec.chw))
+            trec.update(run.profile(t.module))
         except Exception:  # TorchScript modules take no forward hooks
             trec.update({"params": sum(p.numel() for p in t.module.parameters()), "macs": None, "flops": None})
     run.records["teacher"] = trec
@@ -367,9 +210,12 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
             return copy.deepcopy(student_init)
         return students.parse(student_arch, spec.task).build(k, c, seed=seed + 1)
 
-    run.model_step("student_alone", student_arch, fresh(), alone_cfg, init_sha=init_sha)
-    run.model_step("student_kd", student_arch, fresh(), kd_cfg, teacher=t.module, init_sha=init_sha)
-    run.export()
+    run.fit_step("student_alone", student_arch, fresh(), alone_cfg, init_sha=init_sha)
+    run.fit_step("student_kd", student_arch, fresh(), kd_cfg, teacher=t.module, teacher_sha=t.sha256,
+                 init_sha=init_sha)
+    teacher_card = {"kind": t.kind, "source": t.source, "sha256": t.sha256}
+    run.export("export", "student_kd", out, name=spec.name, role="student", own_dir=False, compare=True,
+               operating_point=True, extra={"teacher": teacher_card, "spec": spec.to_dict()})
 
     say("latency", 0.0, "interleaved CPU latency, batch 1, 1 thread")
     lat = _latency({"teacher": t.onnx_path or t.module, "student_alone": run.models["student_alone"],
@@ -384,14 +230,12 @@ def distill(teacher: Any, spec: Any, data: str | Path, *, out: str | Path, label
         where = {"data": str(folder.root), "labels": str(folder.labels_file) if folder.labels_file else None,
                  "masks": str(folder.masks_dir) if folder.masks_dir else None, "splits": str(folder.splits_file)}
     project = {"schema": "slicert-byom/1", "spec": spec.to_dict(), "spec_source": spec.where, **where,
-               "seed": seed, "student": student_arch, "teacher": {"kind": t.kind, "source": t.source,
-                                                                  "sha256": t.sha256}}
+               "seed": seed, "student": student_arch, "teacher": teacher_card}
     write_json_atomic(out / PROJECT, project, force=True)
     result = {"out_dir": str(out), "name": spec.name, "task": spec.task, "labels": list(spec.labels),
               "dataset": {k2: folder.report[k2] for k2 in ("root", "n_used", "images", "patients", "classes",
                                                            "splits_file", "splits_status")},
-              "models": {n: {k2: r.get(k2) for k2 in ("arch", "params", "flops", "test", "latency", "best_epoch",
-                                                      "seconds", "kd")} for n, r in run.records.items()},
+              "models": run.summary(("arch", "params", "flops", "test", "latency", "best_epoch", "seconds", "kd")),
               "steps": dict(run.steps), "seconds": time.perf_counter() - t_start,
               "export": {"onnx": str(out / "model.onnx"), "model_json": str(out / "model.json")}}
     write_json_atomic(out / "report.json", result, force=True)
@@ -529,14 +373,8 @@ def train_teacher(module, folder, *, epochs: int = 10, lr: float = 3e-3, batch_s
                   progress: Callable[[float, str], None] | None = None) -> dict:
     """Train a teacher (e.g. a MONAI network) in place on a DicomFolder's train split, selecting on val:
     for notebooks and tests that have no trained network at hand. Returns the training record."""
-    import torch
+    from tools.train import TrainConfig
 
-    from tools.train import TaskTensors, TrainConfig, class_weights, fit, supervised_loss
-
-    x = {s: torch.from_numpy(folder.inputs(s)) for s in ("train", "val")}
-    y = {s: torch.from_numpy(folder.targets[s]) for s in ("train", "val")}
-    t = TaskTensors(folder.task, len(folder.labels), x, y)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, class_balance=0.5 if folder.task ==
                       "segmentation" else 0.0, seed=seed)
-    w = class_weights(t.y["train"], t.num_classes, cfg.class_balance)
-    return fit(module, t, cfg, supervised_loss(t.task, t.num_classes, cfg.dice_weight, w), progress=progress)
+    return core.train(module, core.tensors_of(folder, ("train", "val")), cfg, progress=progress)

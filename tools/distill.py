@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tools.train import Progress, TaskTensors, TrainConfig, class_weights, fit, soft_dice_loss
+from tools.train import TrainConfig, soft_dice_loss
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,21 +35,6 @@ def kd_loss(task: str, num_classes: int, cfg: TrainConfig, weights: torch.Tensor
         return out
 
     return loss
-
-
-def distill_model(arch: str, teacher: nn.Module, data: TaskTensors, cfg: TrainConfig, *,
-                  progress: Progress | None = None, in_channels: int = 1) -> tuple[nn.Module, dict]:
-    """A freshly initialized student `arch` trained against `teacher` (frozen, eval mode)."""
-    from tools import models
-
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = models.build(arch, data.num_classes, in_channels, seed=cfg.seed)
-    weights = class_weights(data.y["train"], data.num_classes, cfg.class_balance)
-    record = fit(student, data, cfg, kd_loss(data.task, data.num_classes, cfg, weights), teacher=teacher,
-                 progress=progress)
-    record["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
-    return student, record
 
 
 if __name__ == "__main__":  # `python -m tools.distill`: the CLI is imported only when run as a script, so the

@@ -200,18 +200,6 @@ def fit(model: nn.Module, data: TaskTensors, cfg: TrainConfig, loss_fn, *, teach
             "history": history}
 
 
-def train_model(arch: str, data: TaskTensors, cfg: TrainConfig, *, progress: Progress | None = None,
-                in_channels: int = 1) -> tuple[nn.Module, dict]:
-    """A freshly initialized `arch` trained with the supervised loss (teachers, and students alone)."""
-    from tools import models
-
-    model = models.build(arch, data.num_classes, in_channels, seed=cfg.seed)
-    weights = class_weights(data.y["train"], data.num_classes, cfg.class_balance)
-    record = fit(model, data, cfg, supervised_loss(data.task, data.num_classes, cfg.dice_weight, weights),
-                 progress=progress)
-    return model, record
-
-
 if __name__ == "__main__":  # `python -m tools.train`: the CLI is imported only when run as a script, so the
     from tools.cli import run_step  # step module never imports the CLI that imports it (no import circle)
 

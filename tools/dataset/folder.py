@@ -64,6 +64,10 @@ class DicomFolder:
             self._inputs[split] = model_inputs([r.path for r in self.records[split]], self.spec)
         return self._inputs[split]
 
+    def meta(self, split: str) -> dict[str, np.ndarray]:
+        """Per-image values the metrics can break results down by: none for a DICOM folder."""
+        return {}
+
     def card(self) -> dict[str, Any]:
         """The model.json "dataset" card: where the data is and what it holds, without patient identifiers."""
         r = self.report
