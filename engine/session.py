@@ -479,13 +479,19 @@ class Session:
         return InputError(f"the {self.variant} model produced NaN/Inf outputs for this input: check that the "
                           f"spec (window/rescale) matches the data, or load with precision='fp32'")
 
-    def _postprocess_device_mask(self, small: np.ndarray, nonfinite, r: Result, src_hw, spec: PreprocessSpec,
-                                 spacing) -> None:
-        """Segmentation from the backend's mask output (MASK_OUTPUT row, NONFINITE_OUTPUT flag)."""
+    def _postprocess_row(self, outs: dict[str, np.ndarray], masked: bool, i: int, r: Result, src_hw,
+                         spec: PreprocessSpec, spacing) -> np.ndarray | None:
+        """Fill `r` from row i of what _infer returned; returns the row's logits (None when `masked`: the
+        backend's MASK_OUTPUT row and NONFINITE_OUTPUT flag came instead)."""
+        if not masked:
+            raw = outs[self._out_name][i]
+            self._postprocess(raw, r, src_hw, spec, spacing)
+            return raw
         r.identity = self.identity
-        if nonfinite:
+        if outs[NONFINITE_OUTPUT][i]:
             raise self._non_finite_error()
-        self._mask_to_result(small, r, src_hw, spec, spacing)
+        self._mask_to_result(outs[MASK_OUTPUT][i], r, src_hw, spec, spacing)
+        return None
 
     def _infer(self, backend, n: int, saliency: bool) -> tuple[dict[str, np.ndarray], bool]:
         """(outputs, True when they are the backend's mask output instead of the model's logits)."""
@@ -569,12 +575,7 @@ class Session:
             t3 = _perf_ns()
             stage_ms = backend.stage_ms  # read before release: another thread may reuse this buffer set
             r = result if result is not None else Result(self.task, self.labels)
-            raw = None if masked else outs[self._out_name][0]
-            if masked:
-                self._postprocess_device_mask(outs[MASK_OUTPUT][0], outs[NONFINITE_OUTPUT][0], r, src_hw, spec_used,
-                                              spacing)
-            else:
-                self._postprocess(raw, r, src_hw, spec_used, spacing)
+            raw = self._postprocess_row(outs, masked, 0, r, src_hw, spec_used, spacing)
             if self._trust.enabled or saliency:
                 self._trust.annotate(r, backend, outs, 0, raw, reasons, src_hw, spec_used, saliency)
             t4 = _perf_ns()
@@ -621,12 +622,7 @@ class Session:
                 for i, (pixels, s, _f, sp, decode_ns, fi, _h) in enumerate(resolved):
                     r = Result(self.task, self.labels)
                     src_hw = pixels.shape[-3:-1] if s.in_channels == 3 else pixels.shape[-2:]
-                    raw = None if masked else outs[self._out_name][i]
-                    if masked:
-                        self._postprocess_device_mask(outs[MASK_OUTPUT][i], outs[NONFINITE_OUTPUT][i], r, src_hw, s,
-                                                      sp)
-                    else:
-                        self._postprocess(raw, r, src_hw, s, sp)
+                    raw = self._postprocess_row(outs, masked, i, r, src_hw, s, sp)
                     if self._trust.enabled or saliency:
                         self._trust.annotate(r, backend, outs, i, raw, reasons[i], src_hw, s, saliency)
                     r.frame_index, r.batch_size = fi, len(chunk)
